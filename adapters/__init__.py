@@ -1,0 +1,1 @@
+"""Adapters to existing simulators, registered as an SME plugin."""

@@ -1,0 +1,1 @@
+"""ReRAM cell models, registered as an SME plugin."""

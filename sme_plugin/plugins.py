@@ -1,0 +1,135 @@
+"""Plugin manager and strategy registries.
+
+Built-in strategies are plugins like any other (:data:`DEFAULT_PLUGINS`); third-party plugins load
+from the entry-point group ``sme_plugin`` unless ``SME_DISABLE_PLUGIN_AUTOLOAD`` is set.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError, PluginError
+
+DEFAULT_PLUGINS = (
+    "sme_plugin.quantize",
+    "sme_plugin.orchestrate",
+    "sme_plugin.mapping",
+    "sme_plugin.squeeze",
+    "sme_plugin.converters",
+    "sme_plugin.host",
+    "sme_plugin.models",
+    "sme_plugin.datasets",
+    "cell_models",
+    "adapters",
+)
+
+#: registry kind -> hook name; the kind is also the config section that selects it.
+KINDS = {
+    "quantizer": "sme_register_quantizers",
+    "orchestrator": "sme_register_orchestrators",
+    "mapper": "sme_register_mappers",
+    "squeezer": "sme_register_squeezers",
+    "cell": "sme_register_cell_models",
+    "adc": "sme_register_adcs",
+    "dac": "sme_register_dacs",
+    "host": "sme_register_hosts",
+    "model": "sme_register_models",
+    "dataset": "sme_register_datasets",
+}
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One registered strategy: its factory and the plugin (and distribution) that provided it."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    distribution: str | None
+
+
+@dataclass
+class Registry:
+    """Every registered strategy, by kind then name."""
+
+    entries: dict[str, dict[str, Registration]] = field(default_factory=lambda: {k: {} for k in KINDS})
+
+    def get(self, kind: str, name: str, path: str | None = None) -> Registration:
+        """Look a strategy up; an unknown name raises :class:`ConfigError` listing the choices."""
+        known = self.entries[kind]
+        if name in known:
+            return known[name]
+        where = path or f"{kind}.name"
+        close = difflib.get_close_matches(str(name), list(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"{where}: unknown {kind} {name!r}{hint}; registered: {', '.join(sorted(known)) or 'none'}"
+        )
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+
+def plugin_manager(load_entrypoints: bool | None = None, extra_plugins=()) -> pluggy.PluginManager:
+    """A plugin manager with the built-ins, entry-point plugins and ``extra_plugins`` registered.
+
+    ``load_entrypoints=None`` loads the ``sme_plugin`` entry points unless the environment variable
+    ``SME_DISABLE_PLUGIN_AUTOLOAD`` is set to a non-empty value other than ``0``.
+    """
+    pm = pluggy.PluginManager("sme_plugin")
+    pm.add_hookspecs(hookspecs)
+    for module_name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+    if load_entrypoints is None:
+        load_entrypoints = os.environ.get("SME_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
+    if load_entrypoints:
+        pm.load_setuptools_entrypoints("sme_plugin")
+    for plugin in extra_plugins:
+        pm.register(plugin)
+    pm.check_pending()
+    return pm
+
+
+def _distributions(pm: pluggy.PluginManager) -> dict[int, str]:
+    return {id(plugin): f"{dist.project_name} {dist.version}" for plugin, dist in pm.list_plugin_distinfo()}
+
+
+def build_registry(pm: pluggy.PluginManager) -> Registry:
+    """Call every registry hook plugin by plugin, so each registration knows its plugin.
+
+    Registering one name twice for a kind raises :class:`PluginError` naming both plugins.
+    """
+    registry = Registry()
+    dists = _distributions(pm)
+    for kind, hook_name in KINDS.items():
+        for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
+            plugin_name = impl.plugin_name
+
+            def register(name, factory, _kind=kind, _impl=impl, _plugin=plugin_name):
+                if not isinstance(name, str) or not name:
+                    raise PluginError(f"plugin {_plugin!r} registered a {_kind} with an invalid name {name!r}")
+                previous = registry.entries[_kind].get(name)
+                if previous is not None:
+                    raise PluginError(
+                        f"{_kind} {name!r} is registered twice: by plugin {previous.plugin!r} "
+                        f"and by plugin {_plugin!r}"
+                    )
+                registry.entries[_kind][name] = Registration(
+                    _kind, name, factory, _plugin, dists.get(id(_impl.plugin))
+                )
+
+            impl.function(register=register)
+    return registry
+
+
+def default_registry() -> Registry:
+    """The registry of a default plugin manager (built-ins plus autoloaded entry points)."""
+    return build_registry(plugin_manager())
