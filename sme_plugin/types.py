@@ -147,3 +147,45 @@ class MappedLayer:
     @property
     def name(self) -> str:
         return self.quantized.layer.name
+
+
+@dataclass(frozen=True)
+class MappingContext:
+    """What an orchestrator knows of the configured mapping (plain data, no mapper object).
+
+    sign: the mapper's sign scheme (see :mod:`sme_plugin.signs`); packing: ``tile``, ``column`` or
+    ``ou`` (``isaac``/``bitplane`` mappers report ``tile``).
+    """
+
+    geometry: Geometry
+    sign: str = "differential"
+    packing: str = "column"
+
+
+@dataclass
+class ModelBundle:
+    """A model ready to analyse: module in eval mode (float32, CPU) and where its weights came from.
+
+    weights: ``"random"``, ``"trained"`` (built-in training, cached) or the checkpoint path given.
+    input_shape: (C, H, W) of one sample.
+    """
+
+    name: str
+    module: "torch.nn.Module"  # noqa: F821
+    weights: str
+    input_shape: tuple
+    num_classes: int
+
+
+@dataclass
+class Dataset:
+    """Labelled test data and unlabelled calibration data, already normalised for the model.
+
+    test_inputs: (n, C, H, W) float32; test_labels: (n,) int64; calibration_inputs: (k, C, H, W) float32
+    drawn from training data (used for activation ranges, never for accuracy).
+    """
+
+    name: str
+    test_inputs: "torch.Tensor"  # noqa: F821
+    test_labels: "torch.Tensor"  # noqa: F821
+    calibration_inputs: "torch.Tensor"  # noqa: F821
