@@ -1,1 +1,14 @@
-"""ReRAM cell models, registered as an SME plugin."""
+"""ReRAM cell models (ideal, SLC, MLC), registered as an SME plugin through ``sme_register_cell_models``."""
+
+from sme_plugin.hookspecs import hookimpl
+
+from .reram import PRESETS, IdealCell, MLCCell, PhysicalCell, SLCCell
+
+__all__ = ["PRESETS", "IdealCell", "MLCCell", "PhysicalCell", "SLCCell"]
+
+
+@hookimpl
+def sme_register_cell_models(register):
+    register("ideal", IdealCell)
+    register("slc", SLCCell)
+    register("mlc", MLCCell)

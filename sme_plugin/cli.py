@@ -1,0 +1,101 @@
+"""Command line: ``sme run``, ``sme validate``, ``sme plugins``.
+
+User mistakes (config, weights, output) print one ``error:`` line per problem and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from .config import load_config, read_yaml
+from .errors import SMEError
+from .plugins import KINDS, build_registry, plugin_manager
+from .report import LABELS, prepare_output, write_report
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sme", description="Squeeze bit-level sparsity out of ReRAM crossbar mappings.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline (embedded default config when none is given)")
+    run.add_argument("config", nargs="?", help="YAML config file")
+    run.add_argument("--model", help="model name (overrides the config's model; its own dataset if one is registered)")
+    run.add_argument("--output", help="output directory (default: the config's output, ./sme-out)")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    validate = sub.add_parser("validate", help="validate a config file")
+    validate.add_argument("config")
+    sub.add_parser("plugins", help="list every registered strategy by kind")
+    return parser
+
+
+def _config_data(args, registry) -> dict | None:
+    data = read_yaml(args.config) if args.config else {}
+    if args.model:
+        data["model"] = {"name": args.model}
+        data["dataset"] = {"name": args.model} if args.model in registry.entries["dataset"] else None
+    return data
+
+
+def _summary(report: dict, console: Console) -> None:
+    totals = report["totals"]
+    table = Table(title=f"SME — {report['model']['name']} ({report['model']['weights']} weights)")
+    for column in ("mapping", "crossbars", "SME reduction", "energy µJ", "area mm²"):
+        table.add_column(column, justify="right" if column != "mapping" else "left")
+    for label in (label for label in LABELS if label in totals["crossbars"]):
+        cost = report["costs"][label]
+        reduction = totals["reductions"].get(f"vs_{label}")
+        table.add_row(label, str(totals["crossbars"][label]), f"{reduction:.2f}x" if reduction else "—",
+                      f"{cost['energy_uj']:.3g}", f"{cost['area_mm2']:.3g}")
+    console.print(table)
+    acc = report["accuracy"]
+    if acc.get("dataset"):
+        console.print(f"accuracy on {acc['samples']} {acc['dataset']} samples: float {acc['float']} %, "
+                      f"quantized {acc['quantized']} %, SME crossbars {acc['sme']} %")
+    console.print(f"weight error {totals['weight_error']}, reduction vs ISAAC {totals['reduction']}x")
+
+
+def _plugins(pm, registry, console: Console) -> None:
+    table = Table(title="registered strategies")
+    for column in ("kind", "name", "plugin", "distribution"):
+        table.add_column(column)
+    for kind in KINDS:
+        for name in registry.names(kind):
+            entry = registry.entries[kind][name]
+            table.add_row(kind, name, entry.plugin, entry.distribution or "-")
+    console.print(table)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console()
+    try:
+        pm = plugin_manager()
+        registry = build_registry(pm)
+        if args.command == "plugins":
+            _plugins(pm, registry, console)
+            return 0
+        if args.command == "validate":
+            load_config(args.config, registry)
+            console.print(f"{args.config}: valid")
+            return 0
+        config = load_config(_config_data(args, registry), registry, source=args.config or "embedded default")
+        directory = prepare_output(args.output or config.output)
+        from .pipeline import run  # torch-heavy imports only when running
+
+        report = run(config, registry, progress=not args.no_progress and sys.stderr.isatty())
+        sections = [s for found in pm.hook.sme_report_sections(report=report) for s in found]
+        paths = write_report(report, directory, sections)
+        _summary(report, console)
+        console.print(f"wrote {paths['json']} and {paths['md']}")
+        return 0
+    except SMEError as error:
+        for line in str(error).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

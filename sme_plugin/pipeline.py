@@ -1,0 +1,221 @@
+"""The data flow of one run: model -> layers -> quantize -> orchestrate -> map -> squeeze -> costs
+-> host -> report dict. Each stage is a strategy resolved from the config."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rich.progress import track
+
+from . import __version__
+from .config import Config
+from .costs import Periphery, layer_costs, total_costs
+from .errors import WeightsError
+from .host import Simulation, calibrate_activations, digital_model
+from .layers import extract_layers, fold_batchnorm
+from .orchestrate import relative_error
+from .plugins import Registry
+from .types import Layer, MappingContext, QuantizedLayer
+
+#: The baselines every run reports next to the configured mapping: label -> (mapper, params).
+BASELINES = {
+    "isaac": ("isaac", {}),  # ISAAC dense mapping at the quantizer's width, same cells
+    "isaac16": ("isaac", {"weight_bits": 16, "cell_bits": 2, "sign": "offset"}),  # ISAAC's own design point
+    "bitplane": ("bitplane", {}),  # bit-slice, every plane-tile allocated
+}
+
+
+@dataclass
+class Stages:
+    """The strategy objects of a run, built from the config."""
+
+    quantizer: object
+    orchestrator: object
+    mapper: object
+    squeezer: object
+    cell: object
+    adc: object
+    dac: object
+    host: object
+
+
+def build_stages(config: Config) -> Stages:
+    s = config.strategies
+    return Stages(**{kind: s[kind].build() for kind in Stages.__dataclass_fields__})
+
+
+def baseline_mappers(config: Config, registry: Registry, quantizer_bits: int) -> dict:
+    """label -> mapper object of each baseline (ISAAC at the same width uses ``baseline_sign``)."""
+    mappers = {}
+    for label, (name, params) in BASELINES.items():
+        if label == "isaac":
+            params = {"sign": config.crossbar.baseline_sign}
+        if label == "isaac16" and quantizer_bits > 16:
+            continue
+        factory = registry.get("mapper", name).factory
+        mappers[label] = factory(factory.Params(**params))
+    return mappers
+
+
+def check_finite(layers: list[Layer]) -> None:
+    for layer in layers:
+        if not np.isfinite(layer.weight).all():
+            raise WeightsError(f"layer {layer.name}: weights contain NaN or Inf")
+        if layer.bias is not None and not np.isfinite(layer.bias).all():
+            raise WeightsError(f"layer {layer.name}: bias contains NaN or Inf")
+
+
+def bit_sparsity(q: QuantizedLayer) -> list[float]:
+    """Zero fraction of each magnitude bit plane (LSB first) over the layer's existing weights."""
+    magnitudes = np.abs(q.w_int[q.layer.mask])
+    planes = (magnitudes[:, None] >> np.arange(q.bits - 1)) & 1
+    return [round(float(v), 4) for v in 1.0 - planes.mean(axis=0)] if magnitudes.size else []
+
+
+def model_error(before: list[QuantizedLayer], after: list[QuantizedLayer]) -> float:
+    """Relative weight error ||W' - W|| / ||W|| over all layers together (real units)."""
+    diff = sum(float(np.sum((a.dequantized() - b.dequantized()) ** 2)) for a, b in zip(after, before))
+    norm = sum(float(np.sum(b.dequantized() ** 2)) for b in before)
+    return (diff / norm) ** 0.5 if norm else 0.0
+
+
+def accuracy(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy in percent."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(inputs), batch_size):
+            logits = model(inputs[start : start + batch_size])
+            correct += int((logits.argmax(dim=1) == labels[start : start + batch_size]).sum())
+    return round(100.0 * correct / max(len(inputs), 1), 3)
+
+
+def run(config: Config, registry: Registry, progress: bool = False) -> dict:
+    """Run the whole pipeline for a validated config; returns the report dict."""
+    timing, started = {}, time.perf_counter()
+
+    def lap(name):
+        nonlocal started
+        now = time.perf_counter()
+        timing[name] = round(now - started, 3)
+        started = now
+
+    torch.manual_seed(config.seed)
+    stages = build_stages(config)
+    bundle = config.strategies["model"].build().build()
+    folded = fold_batchnorm(bundle.module)
+    layers = extract_layers(folded, bundle.input_shape, config.crossbar.depthwise, config.crossbar.rows)
+    check_finite(layers)
+    lap("model")
+
+    geometry = config.geometry(stages.cell.bits)
+    quantized = [stages.quantizer.quantize(layer) for layer in track(layers, "quantize", disable=not progress)]
+    context = MappingContext(geometry=geometry, sign=stages.mapper.sign, packing=stages.mapper.packing)
+    orchestrated = stages.orchestrator.orchestrate(quantized, context)
+    lap("quantize+orchestrate")
+
+    periphery = Periphery(
+        adc_bits=None if stages.adc.lossless else stages.adc.bits,
+        dac_bits=stages.dac.bits,
+        activation_bits=config.activations.bits,
+    )
+    baselines = baseline_mappers(config, registry, quantized[0].bits if quantized else 8)
+    dataset_strategy = config.strategies["dataset"]
+    simulate = dataset_strategy is not None
+    final, mapped, layer_reports, costs_by_label = [], {}, [], {label: [] for label in [*baselines, "sme"]}
+    for q0, q in track(list(zip(quantized, orchestrated)), "map + squeeze", disable=not progress):
+        sme = stages.squeezer.squeeze(stages.mapper.map(q, geometry), stages.mapper)
+        layer_cost = {"sme": layer_costs(sme, periphery)}
+        for label, mapper in baselines.items():
+            layer_cost[label] = layer_costs(mapper.map(q0, geometry), periphery)
+        for label, cost in layer_cost.items():
+            costs_by_label[label].append(cost)
+        final.append(sme.quantized)
+        if simulate:
+            mapped[q.layer.name] = sme
+        layer = q.layer
+        layer_reports.append(
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "rows": layer.rows,
+                "cols": layer.cols,
+                "parts": layer.parts,
+                "weights": layer.n_weights,
+                "crossbars": {label: c["crossbars"] for label, c in layer_cost.items()},
+                "adc_bits": {
+                    "lossless_max": layer_cost["sme"]["adc_bits_lossless_max"],
+                    "lossless_mean": layer_cost["sme"]["adc_bits_lossless_mean"],
+                    "used_max": layer_cost["sme"]["adc_bits_used_max"],
+                    "lossy_reads_fraction": layer_cost["sme"]["lossy_reads_fraction"],
+                    "baseline_lossless_max": layer_cost["isaac"]["adc_bits_lossless_max"],
+                },
+                "bit_sparsity": bit_sparsity(sme.quantized),
+                "bit_sparsity_before": bit_sparsity(q0),
+                "weight_error": round(relative_error(q0, sme.quantized), 5),
+                "mapping": sme.details,
+                "index_bits": sme.index_bits,
+                "costs": layer_cost,
+            }
+        )
+    lap("map+squeeze+costs")
+
+    totals = {label: total_costs(costs) for label, costs in costs_by_label.items()}
+    crossbars = {label: t["crossbars"] for label, t in totals.items()}
+    crossbars["baseline"] = crossbars["isaac"]
+    reductions = {f"vs_{label}": round(n / crossbars["sme"], 4) for label, n in crossbars.items() if label not in ("sme", "baseline") and crossbars["sme"]}
+
+    report = {
+        "sme_version": __version__,
+        "config_source": config.source,
+        "config": config.as_dict(),
+        "model": {
+            "name": bundle.name,
+            "weights": bundle.weights,
+            "input_shape": list(bundle.input_shape),
+            "layers": len(layers),
+            "depthwise": config.crossbar.depthwise,
+        },
+        "geometry": {**geometry.__dict__, "cell": config.strategies["cell"].name},
+        "mappings": {
+            "sme": {"mapper": config.strategies["mapper"].as_dict(), "squeezer": config.strategies["squeezer"].as_dict()},
+            **{label: {"mapper": name, **(params if label != "isaac" else {"sign": config.crossbar.baseline_sign})} for label, (name, params) in BASELINES.items() if label in baselines},
+        },
+        "layers": layer_reports,
+        "totals": {
+            "weights": sum(layer.n_weights for layer in layers),
+            "crossbars": crossbars,
+            "reduction": reductions.get("vs_isaac", 0.0),
+            "reductions": reductions,
+            "weight_error": round(model_error(quantized, final), 5),
+        },
+        "costs": totals,
+        "accuracy": {"float": None, "quantizer_only": None, "quantized": None, "sme": None, "samples": 0,
+                     "dataset": None, "skipped": "no dataset configured (dataset: null)"},
+        "timing_s": timing,
+    }
+    if simulate:
+        report["accuracy"] = evaluate(config, stages, folded, quantized, mapped, dataset_strategy.build().load(), progress)
+        lap("accuracy")
+    return report
+
+
+def evaluate(config, stages, model, quantized, mapped, dataset, progress) -> dict:
+    """Accuracy of the float model, the digital integer models and the simulated crossbars."""
+    names = [q.layer.name for q in quantized]
+    scales = calibrate_activations(model, names, dataset.calibration_inputs)
+    bits = config.activations.bits
+    x, y = dataset.test_inputs, dataset.test_labels
+    simulation = Simulation(cell=stages.cell, adc=stages.adc, dac=stages.dac, activation_bits=bits, seed=config.seed)
+    simulated = stages.host.build(model, mapped, simulation, scales)
+    return {
+        "dataset": dataset.name,
+        "samples": len(x),
+        "float": accuracy(model, x, y),
+        "quantizer_only": accuracy(digital_model(model, {q.layer.name: q for q in quantized}, bits, scales), x, y),
+        "quantized": accuracy(digital_model(model, {n: m.quantized for n, m in mapped.items()}, bits, scales), x, y),
+        "sme": accuracy(simulated, x, y),
+    }
