@@ -1,6 +1,7 @@
 """From a torch model to :class:`~sme_plugin.types.Layer`: BatchNorm folding and im2col extraction.
 
-Grouped convolutions (depthwise included) follow one of two conventions, always reported:
+Grouped convolutions (depthwise included) follow one of two conventions (it moves crossbar counts
+several-fold, so reports should state it):
 ``packed``: ``groups_per_part = max(1, crossbar_rows // (in_channels_per_group*kh*kw))`` groups share
 one part on disjoint rows and columns, so a crossbar holds several groups; ``block-diagonal``: all
 groups form one part, a block-diagonal matrix of size (in_channels*kh*kw) x out_channels.
@@ -139,7 +140,8 @@ def linear_layer(name: str, linear: nn.Linear, out_positions: int = 1) -> Layer:
     """One Linear as a single (1, in_features, out_features) part."""
     weight = linear.weight.detach().cpu().numpy().astype(np.float32).T[None].copy()
     bias = None if linear.bias is None else linear.bias.detach().cpu().numpy().astype(np.float32)
-    return Layer(name, "linear", weight, np.ones(weight.shape, bool), bias, linear.out_features, out_positions=out_positions)
+    mask = np.ones(weight.shape, bool)
+    return Layer(name, "linear", weight, mask, bias, linear.out_features, out_positions=out_positions)
 
 
 def extract_layers(
@@ -151,11 +153,13 @@ def extract_layers(
     """Every Conv2d and Linear that ``model`` calls on one ``input_shape`` (C, H, W) sample, in call order.
 
     Names are the modules' qualified names; ``out_positions`` is H'*W' for a conv and the product of
-    the leading (non-feature) output dims for a Linear (1 for a flat input). Weights are taken as they are: fold BatchNorm first
-    (:func:`fold_batchnorm`). ``depthwise`` and ``crossbar_rows`` set how grouped convs are split.
+    the leading (non-feature) output dims for a Linear (1 for a flat input). Weights are taken as they
+    are: fold BatchNorm first (:func:`fold_batchnorm`). ``depthwise`` and ``crossbar_rows`` (cells) set
+    how grouped convs are split into parts. The model runs once in eval mode; its flags are restored.
     """
     if depthwise not in DEPTHWISE_CONVENTIONS:
-        raise ValueError(f"depthwise: unknown convention {depthwise!r}; choose one of {', '.join(DEPTHWISE_CONVENTIONS)}")
+        choices = ", ".join(DEPTHWISE_CONVENTIONS)
+        raise ValueError(f"depthwise: unknown convention {depthwise!r}; choose one of {choices}")
     if not isinstance(crossbar_rows, int) or crossbar_rows < 1:
         raise ValueError(f"crossbar_rows must be a positive integer, got {crossbar_rows!r}")
     shapes = _output_shapes(model, tuple(input_shape))

@@ -114,7 +114,9 @@ class MobileNetV2(nn.Module):
     """MobileNet-v2 1.0 for 224x224 RGB input (3,504,872 parameters with 1000 classes)."""
 
     #: (expand ratio t, output channels c, repeats n, first stride s), as in the paper and torchvision.
-    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+    SETTINGS = (
+        (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+    )
 
     def __init__(self, num_classes: int = 1000):
         super().__init__()

@@ -210,7 +210,7 @@ def evaluate(config, stages, model, quantized, mapped, dataset, progress) -> dic
     bits = config.activations.bits
     x, y = dataset.test_inputs, dataset.test_labels
     simulation = Simulation(cell=stages.cell, adc=stages.adc, dac=stages.dac, activation_bits=bits, seed=config.seed)
-    simulated = stages.host.build(model, mapped, simulation, scales)
+    simulated = stages.host.build(model, mapped, simulation, scales, calibration_inputs=dataset.calibration_inputs)
     return {
         "dataset": dataset.name,
         "samples": len(x),
