@@ -110,15 +110,21 @@ class UniformADC(_ADCCost):
         self.bits = params.bits
         self.calibrated = params.full_scale == "calibrated"
 
-    def perturbation(self, shape, generator: torch.Generator, device) -> torch.Tensor | float:
-        """Input-referred error in LSB added before rounding (none for a clean ADC)."""
+    def perturbation(self, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor | float:
+        """Input-referred error in LSB, shaped like ``like``, added before rounding (none for a clean ADC)."""
         return 0.0
 
     def convert(self, sums: torch.Tensor, full_scale: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """sums (...) float64 and full_scale broadcastable to it -> quantized sums, same units."""
+        """sums (...) float64 and full_scale broadcastable to it -> quantized sums, same units.
+
+        The converter's native LSB is full_scale / (2**bits - 1); input-referred errors are in that
+        LSB. Codes never resolve below one unit (the sums of integer levels are integers), so an ADC
+        with more bits than the column needs is exact unless its noise reaches half a unit.
+        """
         top = (1 << self.bits) - 1
-        step = (torch.as_tensor(full_scale, dtype=torch.float64, device=sums.device) / top).clamp_min(1.0)
-        level = sums / step + self.perturbation(sums.shape, generator, sums.device)
+        native = torch.as_tensor(full_scale, dtype=sums.dtype, device=sums.device) / top
+        step = native.clamp_min(1.0)
+        level = sums / step + self.perturbation(sums, generator) * (native / step)
         return torch.round(level).clamp(0, top) * step
 
     def bits_for(self, full_scale) -> int:
@@ -137,8 +143,8 @@ class NoisyADC(UniformADC):
         noise_lsb: float = Field(0.5, ge=0.0)
         offset_lsb: float = 0.0
 
-    def perturbation(self, shape, generator, device):
-        noise = torch.randn(shape, generator=generator, dtype=torch.float64, device=device)
+    def perturbation(self, like, generator):
+        noise = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
         return self.params.offset_lsb + self.params.noise_lsb * noise
 
     def describe(self) -> dict:

@@ -190,7 +190,9 @@ class CrossbarPlan:
         self.groups = -(-N // self.read_rows)
         self.pad = self.groups * self.read_rows - N
         blocks = (S, G, P, self.groups, self.read_rows, M)
-        self.conductance = F.pad(conductance.to(torch.float64), (0, 0, 0, self.pad)).reshape(blocks)
+        # Column sums run in float32: integer sums stay below 2**24 (rows <= 4096, 4-bit cells,
+        # 8-bit DAC), so they are exact for ideal cells; the splice runs in float64.
+        self.conductance = F.pad(conductance.to(torch.float32), (0, 0, 0, self.pad)).reshape(blocks)
         present = torch.as_tensor(mapped.present, device=device)
         active = F.pad(present.to(torch.float64), (0, 0, 0, self.pad)).reshape(blocks).sum(4)  # (S, G, P, Q, M)
         v, c = sim.dac.bits, enc.cell_bits
@@ -215,14 +217,15 @@ class CrossbarPlan:
         sim = self.sim
         x = F.pad(x, (0, self.pad)).reshape(len(x), -1, self.groups, self.read_rows).long()
         slices = sim.dac.apply(((x[None] >> self.shifts) & self.mask).to(torch.float64), generator)  # (T, r, P, Q, K)
+        slices = slices.to(torch.float32)
         sums = torch.einsum("trpqk,sgpqkm->trsgpqm", slices, self.conductance)
         if sim.cell.read_noise > 0:
             var = torch.einsum("trpqk,sgpqkm->trsgpqm", slices.square(), self.conductance.square())
-            noise = torch.randn(sums.shape, generator=generator, dtype=torch.float64, device=sums.device)
+            noise = torch.randn(sums.shape, generator=generator, dtype=sums.dtype, device=sums.device)
             sums = sums + sim.cell.read_noise * var.sqrt() * noise
         if observed is not None:
-            torch.maximum(observed, sums.amax(dim=(0, 1)), out=observed)
-        codes = sim.adc.convert(sums, full_scale, generator)
+            torch.maximum(observed, sums.amax(dim=(0, 1)).to(observed.dtype), out=observed)
+        codes = sim.adc.convert(sums, full_scale, generator).to(torch.float64)
         return torch.einsum("trsgpqm,tsg->rpm", codes, self.splice)
 
     def matmul(self, x_int: torch.Tensor, generator: torch.Generator, batch_rows: int = 4096,

@@ -81,7 +81,9 @@ class KBitsOrchestrator:
         for q in layers:
             _top(q)
             if self.params.k > q.bits - 1:
-                raise ValueError(f"kbits: k={self.params.k} exceeds the {q.bits - 1} magnitude bits of layer {q.layer.name!r}")
+                raise ValueError(
+                    f"kbits: k={self.params.k} exceeds the {q.bits - 1} magnitude bits of layer {q.layer.name!r}"
+                )
             allowed = values_with_k_bits(self.params.k, q.bits - 1)
             magnitude = project_to_set(np.abs(q.w_int), allowed, self.params.rounding)
             out.append(q.with_weights(np.sign(q.w_int) * magnitude))
@@ -97,17 +99,23 @@ class _Units:
     Equal values of one crossbar column with one offset project alike, so the work runs over entries =
     distinct (column, offset, value) triples. Arrays of length E run over entries, of length U over units.
 
-    position: (V,) flat index of each non-zero value in the (S, P, N, M) stored values; entry: (V,) its
-    entry; values: (E,) int64 stored value of each entry; column: (E,) its crossbar column (unit * seg_cols
-    + column inside the segment); unit: (E,) its unit; offset: (E,) int64 its digital offset; weight: (E,)
-    float64 squared scale times the values it stands for (errors in real units); groups: G cell groups of
-    ``cell_bits`` bits; min_groups: groups a window keeps at least; window: (U, G) bool; current: (E,)
-    values projected onto ``window``; saved: (U, G) crossbar columns freed by dropping each group; added:
-    (U, G) squared real error that drop adds; stale: (U,) units whose ``saved``/``added`` are out of date.
+    Attributes
+    ----------
+    top : largest weight magnitude, 2**(bits-1) - 1.
+    offset_map : (P, N, M) int64 digital offsets of the sign scheme; signs : (S,) sign of each set.
+    position, entry : (V,) flat index of each non-zero value in the (S, P, N, M) stored values, and its entry.
+    values, offset : (E,) int64 stored value and digital offset of each entry.
+    column, unit : (E,) crossbar column (unit * seg_cols + column inside the segment) and unit of each entry.
+    weight : (E,) float64 squared scale times the number of values the entry stands for (real-unit errors).
+    groups, cell_bits : G cell groups of ``cell_bits`` bits; min_groups : groups a window keeps at least.
+    window : (U, G) bool groups each unit may use; current : (E,) values projected onto ``window``.
+    saved, added : (U, G) crossbar columns freed by dropping each group and the squared real error it adds.
+    stale : (U,) bool units whose ``saved`` / ``added`` are out of date.
     """
 
     quantized: QuantizedLayer
-    offsets: np.ndarray
+    top: int
+    offset_map: np.ndarray
     signs: np.ndarray
     stored_shape: tuple
     position: np.ndarray
@@ -122,17 +130,16 @@ class _Units:
     groups: int
     cell_bits: int
     min_groups: int
-    window: np.ndarray = None
-    current: np.ndarray = None
-    saved: np.ndarray = None
-    added: np.ndarray = None
-    stale: np.ndarray = None
+    window: np.ndarray
+    current: np.ndarray
+    saved: np.ndarray
+    added: np.ndarray
+    stale: np.ndarray
 
     @classmethod
     def build(cls, q: QuantizedLayer, context: MappingContext, segment: str) -> "_Units":
         """Units of ``q`` for ``segment``; offsets use the mapper's read rows (ou_rows for ``ou`` packing)."""
-        geometry, mask = context.geometry, q.layer.mask
-        _top(q)
+        geometry, mask, top = context.geometry, q.layer.mask, _top(q)
         offset_rows = geometry.ou_rows if context.packing == "ou" else geometry.rows
         offsets = scheme_offsets(context.sign, q.w_int, mask, q.bits, offset_rows)
         stored, signs = stored_values(context.sign, q.w_int, offsets)
@@ -144,7 +151,8 @@ class _Units:
         s, p, n, m = np.nonzero(stored)
         unit = ((s * parts + p) * row_blocks + n // seg_rows) * col_blocks + m // seg_cols
         span = 1 << q.bits  # stored values and shifted offsets lie in [0, span]
-        key = ((unit * seg_cols + m % seg_cols) * (span + 1) + offsets[p, n, m] + span // 2) * span + stored[s, p, n, m]
+        column = unit * seg_cols + m % seg_cols
+        key = (column * (span + 1) + offsets[p, n, m] + span // 2) * span + stored[s, p, n, m]
         key, first, entry, count = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
         rest, values = np.divmod(key, span)
         column, offset = np.divmod(rest, span + 1)
@@ -153,7 +161,8 @@ class _Units:
         groups = -(-encoded_bits(context.sign, q.bits) // geometry.cell_bits)
         return cls(
             quantized=q,
-            offsets=offsets,
+            top=top,
+            offset_map=offsets,
             signs=signs,
             stored_shape=stored.shape,
             position=np.ravel_multi_index((s, p, n, m), stored.shape),
@@ -178,13 +187,12 @@ class _Units:
 
     def project(self, masks: np.ndarray, index) -> np.ndarray:
         """Values ``values[index]`` projected onto the int64 bit ``masks`` (broadcast), kept in range."""
-        top = (1 << (self.quantized.bits - 1)) - 1
         values = np.broadcast_to(self.values[index], masks.shape)
         offset = self.offset[index]
         out = project_to_mask(values, masks)
-        low = out < -top - offset
+        low = out < -self.top - offset
         out[low] = project_to_mask(values[low], masks[low], "ceil")
-        high = out > top - offset
+        high = out > self.top - offset
         out[high] = project_to_mask(values[high], masks[high], "floor")
         return out
 
@@ -213,7 +221,7 @@ class _Units:
         """
         index = np.flatnonzero(self.stale[self.unit])
         shifts = self.cell_bits * np.arange(self.groups, dtype=np.int64)[:, None]
-        group, k = np.nonzero((self.current[index] >> shifts) & ((1 << self.cell_bits) - 1))
+        group, k = np.nonzero((self.current[index] >> shifts) & ((1 << self.cell_bits) - 1) != 0)
         index = index[k]  # (value, group) pairs: group is non-zero in the value's current projection
         n_columns = self.n_units * self.seg_cols
         used = np.bincount(group * n_columns + self.column[index], minlength=self.groups * n_columns) > 0
@@ -235,11 +243,10 @@ class _Units:
 
     def decoded(self) -> np.ndarray:
         """(P, N, M) int64 weights of the current values, clipped to the sign-magnitude range."""
-        top = (1 << (self.quantized.bits - 1)) - 1
         stored = np.zeros(self.stored_shape, dtype=np.int64)
         stored.flat[self.position] = self.current[self.entry]
-        w_int = self.offsets + np.tensordot(self.signs, stored, axes=([0], [0]))
-        return np.where(self.quantized.layer.mask, np.clip(w_int, -top, top), 0)
+        w_int = self.offset_map + np.tensordot(self.signs, stored, axes=([0], [0]))
+        return np.where(self.quantized.layer.mask, np.clip(w_int, -self.top, self.top), 0)
 
 
 def _drop_within_budget(problems: list[_Units], allowance: float) -> None:
@@ -325,7 +332,7 @@ class WindowOrchestrator:
             for units in problems:
                 self._fixed(units)
         else:
-            norms = [np.linalg.norm(q.dequantized()) ** 2 for q in layers]
+            norms = [np.square(q.dequantized()).sum() for q in layers]
             if self.params.scope == "model":
                 _drop_within_budget(problems, self.params.budget**2 * sum(norms))
             else:

@@ -1,0 +1,385 @@
+import time
+
+import numpy as np
+import pluggy
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from sme_plugin import hookspecs, orchestrate
+from sme_plugin.orchestrate import KBitsOrchestrator, NoOrchestrator, WindowOrchestrator, relative_error
+from sme_plugin.signs import encode, encoded_bits, scheme_offsets
+from sme_plugin.types import Geometry, Layer, MappingContext, QuantizedLayer
+
+SCHEMES = ["differential", "offset", "segment-offset"]
+SMALL = Geometry(rows=8, cols=4, ou_rows=4, cell_bits=1)
+
+
+def make_q(shape=(2, 20, 6), bits=8, seed=0, density=0.8, exact=False):
+    """A quantized layer with heavy-tailed integer weights; ``exact``: power-of-two scales."""
+    rng = np.random.default_rng(seed)
+    top = (1 << (bits - 1)) - 1
+    w_int = np.clip(np.rint(rng.standard_t(4, size=shape) * top / 4), -top, top).astype(np.int64)
+    mask = rng.random(shape) < density
+    w_int = np.where(mask, w_int, 0)
+    if exact:
+        scale = 2.0 ** rng.integers(-2, 2, size=(shape[0], 1, shape[2]))
+    else:
+        scale = rng.uniform(0.5, 2.0, size=(shape[0], 1, shape[2]))
+    layer = Layer("layer", "conv", (scale * w_int).astype(np.float32), mask, None, shape[2])
+    return QuantizedLayer(layer, w_int, scale, bits)
+
+
+def window(**params):
+    return WindowOrchestrator(WindowOrchestrator.Params(**params))
+
+
+def offset_rows(context):
+    return context.geometry.ou_rows if context.packing == "ou" else context.geometry.rows
+
+
+def segment_usage(q, context, segment):
+    """(S, G, P, row blocks, col blocks) bool: cell group g of sign set s non-zero somewhere in the segment,
+    under the encoding the mapper derives (signs.encode with its read rows)."""
+    g = context.geometry
+    levels = encode(q.w_int, q.layer.mask, q.bits, g.cell_bits, context.sign, offset_rows(context)).levels
+    rows = g.ou_rows if segment == "ou" else g.rows
+    cols = g.cols if segment == "tile" else 1
+    s, groups, parts, n, m = levels.shape
+    blocks, col_blocks = -(-n // rows), -(-m // cols)
+    padded = np.zeros((s, groups, parts, blocks * rows, col_blocks * cols), dtype=bool)
+    padded[..., :n, :m] = levels != 0
+    return padded.reshape(s, groups, parts, blocks, rows, col_blocks, cols).any(axis=(4, 6))
+
+
+def window_span(usage):
+    """Groups from the lowest to the highest used one, per (set, segment); 0 where none is used."""
+    g = np.arange(usage.shape[1]).reshape(1, -1, 1, 1, 1)
+    high = np.where(usage, g, -1).max(axis=1)
+    low = np.where(usage, g, usage.shape[1]).min(axis=1)
+    return np.maximum(high - low + 1, 0)
+
+
+def plane_columns(q, context):
+    """Non-empty (set, group, part, row block, column) plane-columns: the crossbar columns a column packing uses."""
+    return int(segment_usage(q, context, "column").sum())
+
+
+def check_valid(before, after):
+    top = (1 << (before.bits - 1)) - 1
+    assert after.w_int.dtype == np.int64 and after.w_int.shape == before.w_int.shape
+    assert np.abs(after.w_int).max(initial=0) <= top
+    assert (after.w_int[~before.layer.mask] == 0).all()
+    assert after.scale is before.scale and after.bits == before.bits
+
+
+def test_registered_through_pluggy():
+    pm = pluggy.PluginManager("sme_plugin")
+    pm.add_hookspecs(hookspecs)
+    pm.register(orchestrate)
+    found = {}
+    pm.hook.sme_register_orchestrators(register=found.__setitem__)
+    assert found == {"none": NoOrchestrator, "kbits": KBitsOrchestrator, "window": WindowOrchestrator}
+
+
+def test_relative_error():
+    q = make_q()
+    assert relative_error(q, q) == 0.0
+    w = q.w_int.copy()
+    w[0, 0, 1] += 1
+    expected = q.scale[0, 0, 1] / np.linalg.norm(q.scale * q.w_int)
+    assert relative_error(q, q.with_weights(w)) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="shapes differ"):
+        relative_error(q, q.with_weights(w[:, :3]))
+
+
+def test_none_is_identity():
+    q = make_q()
+    (out,) = NoOrchestrator(NoOrchestrator.Params()).orchestrate([q], MappingContext(SMALL))
+    assert np.array_equal(out.w_int, q.w_int) and out is not q
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_kbits_nearest_with_at_most_k_bits(k):
+    q = make_q(bits=8)
+    (out,) = KBitsOrchestrator(KBitsOrchestrator.Params(k=k)).orchestrate([q], MappingContext(SMALL))
+    check_valid(q, out)
+    magnitude = np.abs(out.w_int)
+    assert (np.bitwise_count(magnitude) <= k).all()
+    assert (np.sign(out.w_int) * np.sign(q.w_int) >= 0).all()
+    allowed = np.array([v for v in range(128) if bin(v).count("1") <= k])
+    distance = np.abs(np.abs(q.w_int)[..., None] - allowed).min(axis=-1)
+    assert np.array_equal(np.abs(magnitude - np.abs(q.w_int)), distance)
+
+
+def test_kbits_rounding_direction_and_errors():
+    q = make_q(bits=6)
+    context = MappingContext(SMALL)
+    (floor,) = KBitsOrchestrator(KBitsOrchestrator.Params(k=1, rounding="floor")).orchestrate([q], context)
+    (ceil,) = KBitsOrchestrator(KBitsOrchestrator.Params(k=1, rounding="ceil")).orchestrate([q], context)
+    assert (np.abs(floor.w_int) <= np.abs(q.w_int)).all()
+    above_top = np.abs(q.w_int) > 16  # no 1-bit magnitude above: ceil falls back to the largest, 16
+    assert (np.abs(ceil.w_int) >= np.abs(q.w_int))[~above_top].all()
+    assert (np.abs(ceil.w_int)[above_top] == 16).all() and above_top.any()
+    with pytest.raises(ValueError, match="k=6"):
+        KBitsOrchestrator(KBitsOrchestrator.Params(k=6)).orchestrate([q], context)
+    with pytest.raises(ValidationError):
+        KBitsOrchestrator.Params(rounding="up")
+    with pytest.raises(ValidationError):
+        KBitsOrchestrator.Params(k=0)
+
+
+@pytest.mark.parametrize("sign", SCHEMES)
+@pytest.mark.parametrize("segment", ["tile", "column", "ou"])
+def test_fixed_windows_hold_per_segment(sign, segment):
+    q = make_q(shape=(2, 20, 10))
+    context = MappingContext(SMALL, sign=sign, packing="column")
+    (out,) = window(mode="fixed", planes=2, segment=segment).orchestrate([q], context)
+    check_valid(q, out)
+    assert (window_span(segment_usage(out, context, segment)) <= 2).all()
+    assert window_span(segment_usage(q, context, segment)).max() > 2
+
+
+def stored_sets(q, sign, rows):
+    """[(values, offset)] per sign set of a one-segment layer: the values a window acts on."""
+    if sign == "differential":
+        return [(np.maximum(q.w_int, 0), 0), (np.maximum(-q.w_int, 0), 0)]
+    offset = scheme_offsets(sign, q.w_int, q.layer.mask, q.bits, rows)
+    return [(q.w_int - offset, offset)]
+
+
+@pytest.mark.parametrize("sign", SCHEMES)
+def test_fixed_window_is_the_best_placement(sign):
+    q = make_q(shape=(1, 8, 1), bits=6, seed=3, density=1.0)  # one column segment of SMALL
+    (out,) = window(mode="fixed", planes=2).orchestrate([q], MappingContext(SMALL, sign=sign, packing="column"))
+    n_bits, top = encoded_bits(sign, 6), 31
+    best = 0
+    for values, offset in stored_sets(q, sign, 8):
+        errors = []
+        for start in range(n_bits - 1):
+            fits = np.array([u for u in range(1 << n_bits) if u & ~(3 << start) == 0])
+            fits = np.where(np.abs(fits + np.asarray(offset)[..., None]) <= top, fits, 10**6)  # in range only
+            errors.append(np.square(np.abs(values[..., None] - fits).min(axis=-1)).sum())
+        best += min(errors)
+    assert np.square(out.w_int - q.w_int).sum() == best
+
+
+@pytest.mark.parametrize("sign", SCHEMES)
+@pytest.mark.parametrize("packing", ["tile", "column", "ou"])
+def test_budget_per_layer(sign, packing):
+    layers = [make_q(shape=(2, 24, 10), seed=s) for s in range(2)]
+    context = MappingContext(SMALL, sign=sign, packing=packing)
+    outs = window(budget=0.1).orchestrate(layers, context)
+    for q, out in zip(layers, outs):
+        check_valid(q, out)
+        assert 0 < relative_error(q, out) <= 0.1 + 1e-12
+        before, after = segment_usage(q, context, packing), segment_usage(out, context, packing)
+        assert not (after & ~before).any()
+        assert plane_columns(out, context) < plane_columns(q, context)
+
+
+def total_error(befores, afters):
+    change = sum(np.square(b.scale * (a.w_int - b.w_int)).sum() for b, a in zip(befores, afters))
+    return np.sqrt(change / sum(np.square(b.dequantized()).sum() for b in befores))
+
+
+def test_budget_model_scope_shares_the_budget():
+    layers = [make_q(shape=(1, 24, 8), seed=0), make_q(shape=(1, 40, 12), seed=1)]
+    layers[1] = QuantizedLayer(layers[1].layer, layers[1].w_int, layers[1].scale * 10, 8)  # dominates the norm
+    context = MappingContext(SMALL)
+    outs = window(budget=0.1, scope="model").orchestrate(layers, context)
+    assert total_error(layers, outs) <= 0.1 + 1e-12
+    assert relative_error(layers[0], outs[0]) > 0.1  # the small layer spends more than its share
+    per_layer = window(budget=0.1).orchestrate(layers, context)
+    assert max(relative_error(q, o) for q, o in zip(layers, per_layer)) <= 0.1 + 1e-12
+
+
+@pytest.mark.parametrize("sign", SCHEMES)
+def test_zero_budget_changes_nothing(sign):
+    q = make_q()
+    (out,) = window(budget=0.0).orchestrate([q], MappingContext(SMALL, sign=sign))
+    assert np.array_equal(out.w_int, q.w_int)
+
+
+@pytest.mark.parametrize("packing", ["column", "ou"])
+def test_segment_offset_windows_keep_the_offsets(packing):
+    q = make_q(shape=(2, 30, 7))
+    context = MappingContext(SMALL, sign="segment-offset", packing=packing)
+    for params in ({"budget": 0.2}, {"mode": "fixed", "planes": 1}):
+        (out,) = window(**params).orchestrate([q], context)
+        rows = offset_rows(context)
+        assert np.array_equal(
+            scheme_offsets("segment-offset", out.w_int, q.layer.mask, 8, rows),
+            scheme_offsets("segment-offset", q.w_int, q.layer.mask, 8, rows),
+        )
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_offset_windows_never_empty(seed):
+    """u = 0 would be w = -2**(bits-1): a column of -top weights (u = 1) must keep its last group."""
+    q = make_q(shape=(1, 8, 6), bits=4, seed=seed, density=1.0, exact=True)
+    q = q.with_weights(np.where(np.arange(6) < 2, -7, q.w_int))
+    context = MappingContext(SMALL, sign="offset", packing="column")
+    for budget in (0.2, 0.3, 0.5):
+        (out,) = window(budget=budget).orchestrate([q], context)
+        check_valid(q, out)
+        assert np.array_equal(out.w_int, reference_budget([q], context, budget, "column")[0])
+
+
+def reference_budget(layers, context, budget, segment):
+    """The greedy of the window orchestrator written naively: loops and brute-force nearest values."""
+    g = context.geometry
+    rows = g.ou_rows if segment == "ou" else g.rows
+    cols = g.cols if segment == "tile" else 1
+    group_mask = (1 << g.cell_bits) - 1
+    units, outs = [], []
+    for q in layers:
+        parts, n_rows, n_cols = q.w_int.shape
+        groups = -(-encoded_bits(context.sign, q.bits) // g.cell_bits)
+        offsets = scheme_offsets(context.sign, q.w_int, q.layer.mask, q.bits, offset_rows(context))
+        outs.append(offsets.copy())
+        for sign_set in ([1, -1] if context.sign == "differential" else [0]):
+            for p in range(parts):
+                for rb in range(-(-n_rows // rows)):
+                    for cb in range(-(-n_cols // cols)):
+                        cells = []
+                        for n in range(rb * rows, min(rb * rows + rows, n_rows)):
+                            for m in range(cb * cols, min(cb * cols + cols, n_cols)):
+                                w, o = int(q.w_int[p, n, m]), int(offsets[p, n, m])
+                                value = max(sign_set * w, 0) if sign_set else w - o
+                                if q.layer.mask[p, n, m] and value:
+                                    cells.append((p, n, m, value, o, float(q.scale[p, 0, m]) ** 2))
+                        units.append(dict(out=outs[-1], sign=sign_set, cells=cells, window=set(range(groups)),
+                                          top=(1 << (q.bits - 1)) - 1, bits=groups * g.cell_bits))
+
+    def project(unit, window):
+        mask = sum(group_mask << (g.cell_bits * k) for k in window)
+        projected = []
+        for _, _, _, value, offset, _ in unit["cells"]:
+            fits = [x for x in range(1 << unit["bits"]) if x & ~mask == 0 and abs(x + offset) <= unit["top"]]
+            projected.append(min(fits, key=lambda x: (abs(x - value), x)))
+        return projected
+
+    def error(unit, window):
+        return sum(c[5] * (x - c[3]) ** 2 for c, x in zip(unit["cells"], project(unit, window)))
+
+    def columns(unit, k):
+        current = project(unit, unit["window"])
+        return len({c[2] for c, x in zip(unit["cells"], current) if (x >> (g.cell_bits * k)) & group_mask})
+
+    norms = [np.square(q.dequantized()).sum() for q in layers]
+    allowance = budget**2 * (sum(norms) if len(layers) > 1 else norms[0])
+    while True:
+        candidates = []
+        for unit in units:
+            unit["window"] = {k for k in unit["window"] if columns(unit, k)}
+            if len(unit["window"]) <= (1 if context.sign == "offset" else 0):
+                continue
+            base = error(unit, unit["window"])
+            added = {k: error(unit, unit["window"] - {k}) - base for k in sorted(unit["window"])}
+            cost, k = min(((added[k] / columns(unit, k), k) for k in added), key=lambda o: o[0])  # first, as argmin
+            candidates.append((cost, added[k], k, unit))
+        spent, accepted = 0.0, []
+        for cost, added, k, unit in sorted(candidates, key=lambda c: c[0]):
+            if spent + added > allowance:
+                break
+            spent += added
+            accepted.append((unit, k))
+        if not accepted:
+            break
+        allowance -= spent
+        for unit, k in accepted:
+            unit["window"] = unit["window"] - {k}
+    for unit in units:
+        for (p, n, m, _, offset, _), x in zip(unit["cells"], project(unit, unit["window"])):
+            unit["out"][p, n, m] = unit["sign"] * x if unit["sign"] else offset + x
+    return outs
+
+
+@pytest.mark.parametrize(
+    "sign,packing,segment,cell_bits,scope",
+    [
+        ("differential", "column", "auto", 1, "layer"),
+        ("differential", "tile", "auto", 2, "model"),
+        ("offset", "column", "auto", 1, "layer"),
+        ("offset", "ou", "auto", 3, "layer"),
+        ("segment-offset", "ou", "auto", 1, "model"),
+        ("segment-offset", "column", "tile", 2, "layer"),
+    ],
+)
+def test_budget_greedy_matches_a_naive_reference(sign, packing, segment, cell_bits, scope):
+    geometry = Geometry(rows=8, cols=3, ou_rows=4, cell_bits=cell_bits)
+    layers = [make_q(shape=(1, 12, 5), bits=6, seed=7, exact=True), make_q(shape=(2, 9, 4), bits=6, seed=8, exact=True)]
+    if scope == "layer":
+        layers = layers[:1]
+    context = MappingContext(geometry, sign=sign, packing=packing)
+    outs = window(budget=0.15, scope=scope, segment=segment).orchestrate(layers, context)
+    expected = reference_budget(layers, context, 0.15, packing if segment == "auto" else segment)
+    for out, w in zip(outs, expected):
+        assert np.array_equal(out.w_int, w)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 30), st.integers(1, 9)),
+    bits=st.integers(2, 10),
+    cell_bits=st.integers(1, 3),
+    sign=st.sampled_from(SCHEMES),
+    packing=st.sampled_from(["tile", "column", "ou"]),
+    segment=st.sampled_from(["auto", "tile", "column", "ou"]),
+    mode=st.sampled_from(["fixed", "budget"]),
+    planes=st.integers(1, 4),
+    budget=st.floats(0, 1),
+    seed=st.integers(0, 100),
+)
+def test_window_invariants(shape, bits, cell_bits, sign, packing, segment, mode, planes, budget, seed):
+    q = make_q(shape, bits, seed)
+    context = MappingContext(Geometry(rows=8, cols=4, ou_rows=4, cell_bits=cell_bits), sign=sign, packing=packing)
+    params = dict(segment=segment, mode=mode, planes=planes, budget=budget)
+    (out,) = window(**params).orchestrate([q], context)
+    check_valid(q, out)
+    where = packing if segment == "auto" else segment
+    usage = segment_usage(out, context, where)
+    if mode == "fixed":
+        assert (window_span(usage) <= planes).all()
+    else:
+        assert relative_error(q, out) <= budget + 1e-9
+        assert not (usage & ~segment_usage(q, context, where)).any()
+    if sign == "segment-offset":
+        rows = offset_rows(context)
+        after = scheme_offsets(sign, out.w_int, q.layer.mask, bits, rows)
+        assert np.array_equal(after, scheme_offsets(sign, q.w_int, q.layer.mask, bits, rows))
+    encoding = encode(out.w_int, q.layer.mask, bits, cell_bits, sign, offset_rows(context))
+    assert np.array_equal(encoding.decode(), out.w_int)
+
+
+def test_bad_input_is_rejected():
+    with pytest.raises(ValidationError):
+        WindowOrchestrator.Params(budget=1.5)
+    with pytest.raises(ValidationError):
+        WindowOrchestrator.Params(planes=0)
+    with pytest.raises(ValidationError):
+        WindowOrchestrator.Params(threshold=3)
+    q = make_q()
+    with pytest.raises(ValueError, match="unknown packing"):
+        window().orchestrate([q], MappingContext(SMALL, packing="rows"))
+    with pytest.raises(ValueError, match="unknown sign scheme"):
+        window().orchestrate([q], MappingContext(SMALL, sign="twos"))
+    wide = q.with_weights(q.w_int * 4)
+    with pytest.raises(ValueError, match="exceed"):
+        window().orchestrate([wide], MappingContext(SMALL))
+
+
+def test_resnet50_sized_layer_is_fast():
+    rng = np.random.default_rng(0)
+    w_int = np.clip(np.rint(rng.standard_t(5, size=(1, 4608, 512)) * 12), -127, 127).astype(np.int64)
+    mask = np.ones(w_int.shape, dtype=bool)
+    scale = rng.uniform(0.5, 2, size=(1, 1, 512))
+    q = QuantizedLayer(Layer("big", "conv", (scale * w_int).astype(np.float32), mask, None, 512), w_int, scale, 8)
+    context = MappingContext(Geometry(), sign="differential", packing="column")
+    start = time.perf_counter()
+    (out,) = window(budget=0.05).orchestrate([q], context)
+    assert time.perf_counter() - start < 15
+    assert relative_error(q, out) <= 0.05 + 1e-12
+    assert plane_columns(out, context) < 0.8 * plane_columns(q, context)
