@@ -6,6 +6,8 @@ error compensated in the planes kept). Values are int64 arrays; everything is el
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 ROUNDINGS = ("nearest", "floor", "ceil")
@@ -23,15 +25,8 @@ def _highest_bit(values: np.ndarray) -> np.ndarray:
     return np.frexp(values.astype(np.float64))[1].astype(np.int64) - 1
 
 
-def project_to_mask(values: np.ndarray, mask: np.ndarray, rounding: str = "nearest") -> np.ndarray:
-    """Nearest value to each of ``values`` whose set bits all lie in ``mask``.
-
-    values: non-negative int64 array; mask: int64 bit masks broadcastable to it.
-    rounding: ``nearest`` (ties go down), ``floor`` (largest fitting value <= x) or ``ceil``
-    (smallest fitting value >= x, falling back to ``floor`` when none exists).
-    """
-    values = np.asarray(values, dtype=np.int64)
-    mask = np.broadcast_to(np.asarray(mask, dtype=np.int64), values.shape)
+def _project_bitwise(values: np.ndarray, mask: np.ndarray, rounding: str) -> np.ndarray:
+    """:func:`project_to_mask` by bit arithmetic (any width below 2**62)."""
     bad = values & ~mask
     fits = bad == 0
     h = np.where(fits, 0, _highest_bit(np.where(fits, 1, bad)))
@@ -50,6 +45,35 @@ def project_to_mask(values: np.ndarray, mask: np.ndarray, rounding: str = "neare
     else:
         raise ValueError(f"unknown rounding {rounding!r}; choose one of {', '.join(ROUNDINGS)}")
     return np.where(fits, values, out)
+
+
+#: widths up to this many bits project through a cached (mask, value) lookup table
+TABLE_BITS = 10
+
+
+@functools.lru_cache(maxsize=16)
+def _projection_table(n_bits: int, rounding: str) -> np.ndarray:
+    """(2**n_bits masks, 2**n_bits values) int64 table of :func:`_project_bitwise`."""
+    everything = np.arange(1 << n_bits, dtype=np.int64)
+    return _project_bitwise(everything[None, :], everything[:, None], rounding)
+
+
+def project_to_mask(values: np.ndarray, mask: np.ndarray, rounding: str = "nearest") -> np.ndarray:
+    """Nearest value to each of ``values`` whose set bits all lie in ``mask``.
+
+    values: non-negative int64 array; mask: int64 bit masks broadcastable to it.
+    rounding: ``nearest`` (ties go down), ``floor`` (largest fitting value <= x) or ``ceil``
+    (smallest fitting value >= x, falling back to ``floor`` when none exists).
+    Narrow widths (<= :data:`TABLE_BITS` bits) use a cached lookup table, wider ones bit arithmetic.
+    """
+    values = np.asarray(values, dtype=np.int64)
+    mask = np.broadcast_to(np.asarray(mask, dtype=np.int64), values.shape)
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"unknown rounding {rounding!r}; choose one of {', '.join(ROUNDINGS)}")
+    top = int(max(values.max(initial=0), mask.max(initial=0)))
+    if top < (1 << TABLE_BITS):
+        return _projection_table(max(top.bit_length(), 1), rounding)[mask, values]
+    return _project_bitwise(values, mask, rounding)
 
 
 def values_with_k_bits(k: int, n_bits: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .bitsets import group_bitmask, project_to_mask
 from .hookspecs import hookimpl
@@ -163,11 +163,19 @@ class TileEmpty:
         threshold: int = Field(0, ge=0)
         budget: float | None = Field(0.0, ge=0.0)
 
+        @model_validator(mode="after")
+        def _bounded(self):
+            if self.budget is None and self.threshold == 0:
+                raise ValueError("budget: null needs a threshold > 0, otherwise every region would be emptied")
+            return self
+
     def __init__(self, params: Params):
         self.params = params
 
     def squeeze(self, mapped: MappedLayer, mapper) -> MappedLayer:
-        if "packing" not in mapped.details:
+        # A value's cell levels are its unique base-2**c digits, so emptying an occupied group always
+        # costs error: with no error allowed there is nothing to do.
+        if "packing" not in mapped.details or self.params.budget == 0:
             return mapped
         encoding, geometry, quantized = mapped.encoding, mapped.geometry, mapped.quantized
         parts, _, cols = quantized.w_int.shape
@@ -277,11 +285,9 @@ class _Emptying:
 class SmeSqueezer:
     """``tile-empty`` then ``row-compact``; parameters are the union of theirs (flat)."""
 
-    class Params(StrategyParams):
+    class Params(TileEmpty.Params):
         """threshold, budget: of ``tile-empty``. reorder: of ``row-compact``."""
 
-        threshold: int = Field(0, ge=0)
-        budget: float | None = Field(0.0, ge=0.0)
         reorder: bool = False
 
     def __init__(self, params: Params):
