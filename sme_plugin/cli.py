@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
 def _config_data(args, registry) -> dict | None:
     data = read_yaml(args.config) if args.config else {}
     if args.model:
-        data["model"] = {"name": args.model}
+        model = data.get("model") or {}
+        data["model"] = model if model.get("name") == args.model else {"name": args.model}
         data["dataset"] = {"name": args.model} if args.model in registry.entries["dataset"] else None
     return data
 
