@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from .host import Simulation, calibrate_activations, digital_model
 from .layers import extract_layers, fold_batchnorm
 from .orchestrate import relative_error
 from .plugins import Registry
-from .types import Layer, MappingContext, QuantizedLayer
+from .types import Layer, MappedLayer, MappingContext, QuantizedLayer
 
 #: The baselines every run reports next to the configured mapping: label -> (mapper, params).
 BASELINES = {
@@ -47,8 +47,8 @@ def build_stages(config: Config) -> Stages:
     return Stages(**{kind: s[kind].build() for kind in Stages.__dataclass_fields__})
 
 
-def baseline_mappers(config: Config, registry: Registry, quantizer_bits: int) -> dict:
-    """label -> mapper object of each baseline (ISAAC at the same width uses ``baseline_sign``)."""
+def baseline_mappers(config: Config, registry: Registry, quantizer_bits: int) -> dict[str, tuple[object, dict]]:
+    """label -> (mapper object, its params) of each baseline; ISAAC at the same width uses ``baseline_sign``."""
     mappers = {}
     for label, (name, params) in BASELINES.items():
         if label == "isaac":
@@ -56,7 +56,7 @@ def baseline_mappers(config: Config, registry: Registry, quantizer_bits: int) ->
         if label == "isaac16" and quantizer_bits > 16:
             continue
         factory = registry.get("mapper", name).factory
-        mappers[label] = factory(factory.Params(**params))
+        mappers[label] = (factory(factory.Params(**params)), {"mapper": name, **params})
     return mappers
 
 
@@ -82,15 +82,54 @@ def model_error(before: list[QuantizedLayer], after: list[QuantizedLayer]) -> fl
     return (diff / norm) ** 0.5 if norm else 0.0
 
 
-def accuracy(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+def accuracy(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, label: str = "evaluate",
+             progress: bool = False, batch_size: int = 128) -> float:
     """Top-1 accuracy in percent."""
     model.eval()
     correct = 0
+    starts = range(0, len(inputs), batch_size)
     with torch.no_grad():
-        for start in range(0, len(inputs), batch_size):
+        for start in track(starts, label, disable=not progress):
             logits = model(inputs[start : start + batch_size])
             correct += int((logits.argmax(dim=1) == labels[start : start + batch_size]).sum())
     return round(100.0 * correct / max(len(inputs), 1), 3)
+
+
+def layer_report(before: QuantizedLayer, sme: MappedLayer, costs: dict[str, dict]) -> dict:
+    """The report entry of one layer: shape, crossbars per mapping label, ADC bits, sparsity, costs."""
+    layer, own = before.layer, costs["sme"]
+    return {
+        "name": layer.name,
+        "kind": layer.kind,
+        "rows": layer.rows,
+        "cols": layer.cols,
+        "parts": layer.parts,
+        "weights": layer.n_weights,
+        "crossbars": {label: c["crossbars"] for label, c in costs.items()},
+        "adc_bits": {
+            "lossless_max": own["adc_bits_lossless_max"],
+            "lossless_mean": own["adc_bits_lossless_mean"],
+            "used_max": own["adc_bits_used_max"],
+            "lossy_reads_fraction": own["lossy_reads_fraction"],
+            "baseline_lossless_max": costs["isaac"]["adc_bits_lossless_max"],
+        },
+        "bit_sparsity": bit_sparsity(sme.quantized),
+        "bit_sparsity_before": bit_sparsity(before),
+        "weight_error": round(relative_error(before, sme.quantized), 5),
+        "mapping": sme.details,
+        "index_bits": sme.index_bits,
+        "costs": costs,
+    }
+
+
+def crossbar_totals(costs_by_label: dict[str, list[dict]]) -> tuple[dict, dict]:
+    """(crossbars per label plus ``baseline`` = ``isaac``, reductions ``vs_<label>`` = label / sme)."""
+    crossbars = {label: sum(c["crossbars"] for c in costs) for label, costs in costs_by_label.items()}
+    crossbars["baseline"] = crossbars["isaac"]
+    sme = crossbars["sme"]
+    reductions = {f"vs_{label}": round(n / sme, 4) if sme else None
+                  for label, n in crossbars.items() if label not in ("sme", "baseline")}
+    return crossbars, reductions
 
 
 def run(config: Config, registry: Registry, progress: bool = False) -> dict:
@@ -123,51 +162,22 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
         activation_bits=config.activations.bits,
     )
     baselines = baseline_mappers(config, registry, quantized[0].bits if quantized else 8)
-    dataset_strategy = config.strategies["dataset"]
-    simulate = dataset_strategy is not None
-    final, mapped, layer_reports, costs_by_label = [], {}, [], {label: [] for label in [*baselines, "sme"]}
-    for q0, q in track(list(zip(quantized, orchestrated)), "map + squeeze", disable=not progress):
-        sme = stages.squeezer.squeeze(stages.mapper.map(q, geometry), stages.mapper)
-        layer_cost = {"sme": layer_costs(sme, periphery)}
-        for label, mapper in baselines.items():
-            layer_cost[label] = layer_costs(mapper.map(q0, geometry), periphery)
-        for label, cost in layer_cost.items():
+    simulate = config.strategies["dataset"] is not None
+    mapped, final, layer_reports = {}, [], []
+    costs_by_label = {label: [] for label in [*baselines, "sme"]}
+    for before, after in track(list(zip(quantized, orchestrated)), "map + squeeze", disable=not progress):
+        sme = stages.squeezer.squeeze(stages.mapper.map(after, geometry), stages.mapper)
+        costs = {"sme": layer_costs(sme, periphery)}
+        costs.update({label: layer_costs(m.map(before, geometry), periphery) for label, (m, _) in baselines.items()})
+        for label, cost in costs.items():
             costs_by_label[label].append(cost)
+        layer_reports.append(layer_report(before, sme, costs))
         final.append(sme.quantized)
-        if simulate:
-            mapped[q.layer.name] = sme
-        layer = q.layer
-        layer_reports.append(
-            {
-                "name": layer.name,
-                "kind": layer.kind,
-                "rows": layer.rows,
-                "cols": layer.cols,
-                "parts": layer.parts,
-                "weights": layer.n_weights,
-                "crossbars": {label: c["crossbars"] for label, c in layer_cost.items()},
-                "adc_bits": {
-                    "lossless_max": layer_cost["sme"]["adc_bits_lossless_max"],
-                    "lossless_mean": layer_cost["sme"]["adc_bits_lossless_mean"],
-                    "used_max": layer_cost["sme"]["adc_bits_used_max"],
-                    "lossy_reads_fraction": layer_cost["sme"]["lossy_reads_fraction"],
-                    "baseline_lossless_max": layer_cost["isaac"]["adc_bits_lossless_max"],
-                },
-                "bit_sparsity": bit_sparsity(sme.quantized),
-                "bit_sparsity_before": bit_sparsity(q0),
-                "weight_error": round(relative_error(q0, sme.quantized), 5),
-                "mapping": sme.details,
-                "index_bits": sme.index_bits,
-                "costs": layer_cost,
-            }
-        )
+        if simulate:  # the levels are only kept when the host needs them
+            mapped[sme.name] = sme
     lap("map+squeeze+costs")
 
-    totals = {label: total_costs(costs) for label, costs in costs_by_label.items()}
-    crossbars = {label: t["crossbars"] for label, t in totals.items()}
-    crossbars["baseline"] = crossbars["isaac"]
-    reductions = {f"vs_{label}": round(n / crossbars["sme"], 4) for label, n in crossbars.items() if label not in ("sme", "baseline") and crossbars["sme"]}
-
+    crossbars, reductions = crossbar_totals(costs_by_label)
     report = {
         "sme_version": __version__,
         "config_source": config.source,
@@ -179,31 +189,32 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
             "layers": len(layers),
             "depthwise": config.crossbar.depthwise,
         },
-        "geometry": {**geometry.__dict__, "cell": config.strategies["cell"].name},
+        "geometry": {**asdict(geometry), "cell": config.strategies["cell"].name},
         "mappings": {
             "sme": {"mapper": config.strategies["mapper"].as_dict(), "squeezer": config.strategies["squeezer"].as_dict()},
-            **{label: {"mapper": name, **(params if label != "isaac" else {"sign": config.crossbar.baseline_sign})} for label, (name, params) in BASELINES.items() if label in baselines},
+            **{label: params for label, (_, params) in baselines.items()},
         },
         "layers": layer_reports,
         "totals": {
             "weights": sum(layer.n_weights for layer in layers),
             "crossbars": crossbars,
-            "reduction": reductions.get("vs_isaac", 0.0),
+            "reduction": reductions["vs_isaac"],
             "reductions": reductions,
             "weight_error": round(model_error(quantized, final), 5),
         },
-        "costs": totals,
+        "costs": {label: total_costs(costs) for label, costs in costs_by_label.items()},
         "accuracy": {"float": None, "quantizer_only": None, "quantized": None, "sme": None, "samples": 0,
                      "dataset": None, "skipped": "no dataset configured (dataset: null)"},
         "timing_s": timing,
     }
     if simulate:
-        report["accuracy"] = evaluate(config, stages, folded, quantized, mapped, dataset_strategy.build().load(), progress)
+        dataset = config.strategies["dataset"].build().load()
+        report["accuracy"] = evaluate(config, stages, folded, quantized, mapped, dataset, progress)
         lap("accuracy")
     return report
 
 
-def evaluate(config, stages, model, quantized, mapped, dataset, progress) -> dict:
+def evaluate(config: Config, stages: Stages, model, quantized, mapped, dataset, progress: bool = False) -> dict:
     """Accuracy of the float model, the digital integer models and the simulated crossbars."""
     names = [q.layer.name for q in quantized]
     scales = calibrate_activations(model, names, dataset.calibration_inputs)
@@ -217,5 +228,5 @@ def evaluate(config, stages, model, quantized, mapped, dataset, progress) -> dic
         "float": accuracy(model, x, y),
         "quantizer_only": accuracy(digital_model(model, {q.layer.name: q for q in quantized}, bits, scales), x, y),
         "quantized": accuracy(digital_model(model, {n: m.quantized for n, m in mapped.items()}, bits, scales), x, y),
-        "sme": accuracy(simulated, x, y),
+        "sme": accuracy(simulated, x, y, "simulate crossbars", progress),
     }
