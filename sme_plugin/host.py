@@ -42,7 +42,8 @@ def layer_seed(seed: int, name: str, stream: str) -> int:
     return (seed + zlib.crc32(f"{name}/{stream}".encode())) % (1 << 63)
 
 
-def _modules(model: nn.Module, names) -> dict[str, nn.Module]:
+def layer_modules(model: nn.Module, names) -> dict[str, nn.Module]:
+    """The Conv2d/Linear submodules of ``model`` called ``names``; anything else is a ValueError."""
     known = dict(model.named_modules())
     missing = [n for n in names if n not in known]
     if missing:
@@ -53,7 +54,7 @@ def _modules(model: nn.Module, names) -> dict[str, nn.Module]:
     return {n: known[n] for n in names}
 
 
-def _replaced(model: nn.Module, layers: dict[str, nn.Module]) -> nn.Module:
+def with_layers_replaced(model: nn.Module, layers: dict[str, nn.Module]) -> nn.Module:
     """Deep copy of ``model`` with the named submodules replaced."""
     model = copy.deepcopy(model)
     for name, layer in layers.items():
@@ -64,7 +65,7 @@ def _replaced(model: nn.Module, layers: dict[str, nn.Module]) -> nn.Module:
 
 def calibrate_activations(model: nn.Module, layer_names, inputs: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
     """max |input| of each named Conv2d/Linear over ``inputs`` (the model runs as given, e.g. eval mode)."""
-    modules = _modules(model, list(layer_names))
+    modules = layer_modules(model, list(layer_names))
     peaks = dict.fromkeys(modules, 0.0)
 
     def hook(name):
@@ -156,14 +157,15 @@ class DigitalLayer(IntegerLayer):
 def digital_model(model: nn.Module, quantized: dict[str, QuantizedLayer], activation_bits: int,
                   activation_scales: dict[str, float]) -> nn.Module:
     """Deep copy of ``model`` with each named Conv2d/Linear replaced by an exact :class:`DigitalLayer`."""
-    modules = _modules(model, list(quantized))
-    _check_scales(quantized, activation_scales)
-    return _replaced(model, {
+    modules = layer_modules(model, list(quantized))
+    check_activation_scales(quantized, activation_scales)
+    return with_layers_replaced(model, {
         n: DigitalLayer(modules[n], q, activation_bits, activation_scales[n]) for n, q in quantized.items()
     })
 
 
-def _check_scales(layers, activation_scales):
+def check_activation_scales(layers, activation_scales) -> None:
+    """ValueError naming the layers that have no calibrated activation scale."""
     missing = [n for n in layers if n not in activation_scales]
     if missing:
         raise ValueError(f"no activation scale for layers {missing}")
@@ -212,7 +214,7 @@ class CrossbarPlan:
         self.splice = weight(v, cycles)[:, None, None] * signs[None, :, None] * weight(c, G)[None, None, :]  # (T, S, G)
         self.sums_per_row = cycles * S * G * P * self.groups * M
 
-    def _column_path(self, x: torch.Tensor, generator, full_scale, observed) -> torch.Tensor:
+    def column_path(self, x: torch.Tensor, generator, full_scale, observed) -> torch.Tensor:
         """Non-negative physical inputs (r, P, N) -> spliced crossbar outputs (r, P, M)."""
         sim = self.sim
         x = F.pad(x, (0, self.pad)).reshape(len(x), -1, self.groups, self.read_rows).long()
@@ -242,7 +244,7 @@ class CrossbarPlan:
         x = x_int[:, self.parts, self.row_order]  # physical row order
         streams = torch.cat([x.clamp_min(0), (-x).clamp_min(0)]) if bool((x < 0).any()) else x
         chunk = max(1, min(batch_rows, max_elements // self.sums_per_row))
-        y = torch.cat([self._column_path(part, generator, full_scale, observed) for part in streams.split(chunk)])
+        y = torch.cat([self.column_path(part, generator, full_scale, observed) for part in streams.split(chunk)])
         if len(streams) > len(x):
             y = y[: len(x)] - y[len(x):]
         y = y + torch.einsum("rpn,pnm->rpm", x, self.offset)
@@ -313,14 +315,14 @@ class StandaloneHost:
         An ADC with ``calibrated = True`` needs ``calibration_inputs``: they run once through the
         copy to record each column group's largest sum, which becomes its full scale.
         """
-        modules = _modules(model, list(mapped))
-        _check_scales(mapped, activation_scales)
+        modules = layer_modules(model, list(mapped))
+        check_activation_scales(mapped, activation_scales)
         max_elements = self.params.chunk_mib * (1 << 20) // 8
         layers = {
             n: CrossbarLayer(modules[n], m, sim, activation_scales[n], self.device, self.params.batch_rows, max_elements)
             for n, m in mapped.items()
         }
-        built = _replaced(model, layers)
+        built = with_layers_replaced(model, layers)
         if getattr(sim.adc, "calibrated", False):
             if calibration_inputs is None:
                 raise ValueError("a calibrated ADC needs calibration_inputs")

@@ -1,0 +1,231 @@
+"""IBM aihwkit host: the standalone host's layers, with every crossbar read run on aihwkit analog tiles.
+
+Layout of a mapped layer (S sign sets, G cell groups, P parts, N rows in Q read groups of K =
+``read_rows``, M columns, T input cycles of a v-bit DAC): one aihwkit tile array per part
+(parts of grouped convs have their own inputs, like separate layers) holds the conductances
+(cell-level units) of all sign sets and cell groups as a ``(S*G*M, Q*K)`` weight, split by
+``mapping.max_input_size = K`` and ``max_output_size = geometry.cols``, so that every aihwkit tile is
+one read group: its forward IO (DAC ``inp_res``, ADC ``out_res``/``out_bound``, ``out_noise``) acts
+per read, and aihwkit adds the read groups digitally. The T DAC slices of every input row are
+stacked along the batch of one forward. SME splices the sums (shift-and-add over t, g and sign
+sets, plus the digital offset x @ offset) in float64. Tile dtypes keep integer sums exact (see
+:func:`rpu_config`).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from sme_plugin.errors import ConfigError
+from sme_plugin.host import (
+    CrossbarPlan,
+    IntegerLayer,
+    Simulation,
+    check_activation_scales,
+    layer_modules,
+    layer_seed,
+    with_layers_replaced,
+)
+from sme_plugin.params import StrategyParams
+from sme_plugin.types import MappedLayer
+
+#: t_inference values (s) ReRamWan2022NoiseModel has data for (0: programming noise only).
+RERAM_TIMES = (0.0, 1.0, 86400.0, 172800.0)
+
+
+@contextmanager
+def drawing_from(generator: torch.Generator):
+    """Run aihwkit's draws from the global torch RNG seeded by ``generator``; the global RNG is restored."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(1 << 62, (1,), generator=generator)))
+        yield
+
+
+def io_range(bits: int, step: float) -> tuple[float, int]:
+    """(bound, states) of an aihwkit converter of ``bits`` bits and ``step`` resolution: 2**bits - 1
+    steps per sign, so aihwkit's step ``2 * bound / states`` is ``step`` (exactly 1.0 for unit steps)."""
+    top = (1 << bits) - 1
+    return step * top, 2 * top
+
+
+def rpu_config(kit, mapped: MappedLayer, sim: Simulation, out_noise: float):
+    """TorchInferenceRPUConfig of a layer's tile arrays: read groups as tiles, SME's DAC/ADC as forward IO.
+
+    kit: the names from :func:`load_aihwkit`; out_noise: extra output noise std (column-sum units).
+    Inputs are DAC codes (step 1), outputs column sums in level*input units; tiles run in float32
+    where every integer sum (up to rows * (2**c-1) * (2**v-1)) stays below 2**24, else in float64.
+    A b-bit ADC resolves ``step = max(1, full_scale / (2**b - 1))`` as SME's uniform ADC does,
+    full_scale being the largest sum of a full read group (aihwkit has one range per tile, SME's
+    ADC one per column); a noisy ADC's noise becomes output noise. aihwkit's range is symmetric, so
+    negative (noisy) sums are kept, not clipped at 0. The ideal ADC without output noise runs
+    ``is_perfect``.
+    """
+    config = kit.TorchInferenceRPUConfig()
+    cell_top, dac_top = (1 << mapped.encoding.cell_bits) - 1, (1 << sim.dac.bits) - 1
+    rows = -(-mapped.quantized.w_int.shape[1] // mapped.read_rows) * mapped.read_rows
+    exact32 = rows * cell_top * dac_top < 1 << 24  # every sum of integer reads is exact in float32
+    config.runtime.data_type = kit.RPUDataType.FLOAT if exact32 else kit.RPUDataType.DOUBLE
+    config.mapping.max_input_size, config.mapping.max_output_size = mapped.read_rows, mapped.geometry.cols
+    config.drift_compensation = None  # drift and its compensation are applied at build
+    io = config.forward
+    io.bound_management, io.noise_management = kit.BoundManagementType.NONE, kit.NoiseManagementType.NONE
+    io.inp_bound, io.inp_res = io_range(sim.dac.bits, 1.0)
+    adc = sim.adc.describe()
+    io.out_noise, io.out_res, io.out_bound = out_noise, -1, 0.0  # ideal ADC: no quantization, no clipping
+    if adc["model"] != "ideal":
+        top = (1 << adc["bits"]) - 1
+        full_scale = mapped.read_rows * cell_top * dac_top
+        io.out_bound, io.out_res = io_range(adc["bits"], max(1.0, full_scale / top))
+        io.out_noise = math.hypot(out_noise, adc.get("noise_lsb", 0.0) * full_scale / top)
+    io.is_perfect = adc["model"] == "ideal" and out_noise == 0
+    return config
+
+
+def check_supported(sim: Simulation) -> None:
+    """Raise :class:`ConfigError` for simulation parts aihwkit's torch tiles cannot run."""
+    adc, dac = sim.adc.describe(), sim.dac.describe()
+    calibrated = getattr(sim.adc, "calibrated", False)
+    if adc["model"] not in ("ideal", "uniform", "noisy") or adc.get("offset_lsb", 0.0) or calibrated:
+        raise ConfigError(f"host aihwkit: adc {adc} is not supported; use the ideal, uniform or noisy ADC with "
+                          "full_scale: lossless and offset_lsb: 0")
+    if dac["model"] != "ideal":
+        raise ConfigError(f"host aihwkit: dac {dac} is not supported; aihwkit applies ideal DAC codes (dac: ideal)")
+    if sim.cell.read_noise > 0:
+        raise ConfigError(f"host aihwkit: cell read noise {sim.cell.read_noise} has no torch-tile equivalent "
+                          "(forward.w_noise is unsupported); set cell read_sigma: 0, or use host.out_noise")
+
+
+def programmed(mapped: MappedLayer, sim: Simulation, noise_model, t_inference: float,
+               generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Conductances (S, G, P, N, M) float64 in level units and the global drift-compensation factor.
+
+    The cell model programs the levels; an aihwkit ``noise_model`` then adds its programming noise
+    and drift at ``t_inference`` s, mapping level 0..2**c-1 linearly onto its converter's
+    [g_min, g_max] µS. Drift is compensated by one factor per layer (as aihwkit's global drift
+    compensation): programmed over drifted total conductance. Absent cells stay at 0.
+    """
+    present = torch.as_tensor(mapped.present)
+    g = sim.cell.program(torch.as_tensor(mapped.encoding.levels), present, generator)
+    if noise_model is None:
+        return g, 1.0
+    low, high = noise_model.g_converter.g_min, noise_model.g_converter.g_max
+    per_level = (high - low) / ((1 << mapped.encoding.cell_bits) - 1)
+    with drawing_from(generator):
+        target = low + g * per_level
+        noisy = noise_model.apply_programming_noise_to_conductance(target)
+        drifted = noisy if t_inference == 0 else noise_model.apply_drift_noise_to_conductance(
+            noisy, noise_model.generate_drift_coefficients(target), t_inference)
+    noisy, drifted = (torch.where(present, (c - low) / per_level, 0.0) for c in (noisy, drifted))
+    total = float(drifted.sum())
+    return drifted, float(noisy.sum()) / total if total > 0 else 1.0
+
+
+class AihwkitPlan(CrossbarPlan):
+    """:class:`CrossbarPlan` whose column sums come from aihwkit tile arrays, one per part (module docstring)."""
+
+    def __init__(self, mapped: MappedLayer, conductance: torch.Tensor, sim: Simulation, config, drift_factor: float):
+        super().__init__(mapped, conductance, sim)
+        S, G, P, N, M = conductance.shape
+        self.dims, self.drift_factor = (S, G, M), drift_factor
+        self.dtype = config.runtime.data_type.as_torch()
+        weights = F.pad(conductance, (0, 0, 0, self.pad)).permute(2, 0, 1, 4, 3).reshape(P, S * G * M, -1)
+        self.tiles = torch.nn.ModuleList(config.tile_array_class(S * G * M, weights.shape[2], config) for _ in range(P))
+        for tiles, weight in zip(self.tiles, weights):
+            tiles.set_weights(weight)
+        self.tiles.eval()
+
+    def column_path(self, x, generator, full_scale, observed):
+        """Non-negative physical inputs (r, P, N) -> spliced tile outputs (r, P, M)."""
+        x = F.pad(x, (0, self.pad)).long()
+        slices = ((x[None] >> self.shifts.reshape(-1, 1, 1, 1)) & self.mask).to(self.dtype)  # (T, r, P, Q*K)
+        T, r, P = slices.shape[:3]
+        with torch.no_grad(), drawing_from(generator):
+            sums = torch.stack([tiles(slices[:, :, p].reshape(T * r, -1)) for p, tiles in enumerate(self.tiles)], 1)
+        sums = sums.reshape(T, r, P, *self.dims).to(torch.float64)
+        return self.drift_factor * torch.einsum("trpsgm,tsg->rpm", sums, self.splice)
+
+
+class AihwkitLayer(IntegerLayer):
+    """Layer whose crossbar reads run on aihwkit tiles (conductances programmed once, at build)."""
+
+    def __init__(self, module, mapped: MappedLayer, sim: Simulation, activation_scale: float, kit, noise_model,
+                 params: "AihwkitHost.Params"):
+        super().__init__(module, mapped.quantized, sim.activation_bits, activation_scale, "cpu")
+        if mapped.encoding.cell_bits != sim.cell.bits:
+            raise ValueError(f"layer {mapped.name}: mapped for {mapped.encoding.cell_bits}-bit cells, "
+                             f"but the cell model stores {sim.cell.bits} bits")
+        program = torch.Generator().manual_seed(layer_seed(sim.seed, mapped.name, "program"))
+        conductance, drift_factor = programmed(mapped, sim, noise_model, params.t_inference, program)
+        self.plan = AihwkitPlan(mapped, conductance, sim, rpu_config(kit, mapped, sim, params.out_noise), drift_factor)
+        self.generator = torch.Generator().manual_seed(layer_seed(sim.seed, mapped.name, "read"))
+        self.batch_rows, self.max_elements = params.batch_rows, params.chunk_mib * (1 << 20) // 8
+
+    def integer_matmul(self, x_int):
+        return self.plan.matmul(x_int, self.generator, self.batch_rows, self.max_elements)
+
+
+class AihwkitHost:
+    """Runs models through SME's mapped crossbars simulated by IBM aihwkit's torch tiles (CPU)."""
+
+    class Params(StrategyParams):
+        """noise_model: aihwkit conductance noise added once at build on top of the cell model
+        (``pcm``: PCMLikeNoiseModel, ``reram``: ReRamWan2022NoiseModel). t_inference: seconds since
+        programming (drift; ``reram`` has data for 0, 1, 86400 and 172800). out_noise: std of aihwkit's
+        output noise per read, in column-sum units (one cell level read at one DAC step).
+        device: aihwkit's torch tiles run on the CPU. batch_rows: most im2col rows per chunk.
+        chunk_mib: memory cap (MiB) of one chunk's column sums."""
+
+        noise_model: Literal["none", "pcm", "reram"] = "none"
+        t_inference: float = Field(0.0, ge=0.0)
+        out_noise: float = Field(0.0, ge=0.0)
+        device: Literal["cpu"] = "cpu"
+        batch_rows: int = Field(4096, ge=1)
+        chunk_mib: int = Field(256, ge=1)
+
+        @model_validator(mode="after")
+        def _known_time(self):
+            if self.noise_model == "reram" and self.t_inference not in RERAM_TIMES:
+                raise ValueError(f"t_inference must be one of {RERAM_TIMES} s for the reram noise model")
+            return self
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    def build(self, model, mapped: dict[str, MappedLayer], sim: Simulation, activation_scales: dict[str, float],
+              calibration_inputs=None, batch_size: int = 256):
+        """Deep copy of ``model`` with each named layer replaced by an :class:`AihwkitLayer`.
+
+        ``calibration_inputs`` and ``batch_size`` are accepted for the host interface; a calibrated
+        ADC is not supported (aihwkit's output range is set per tile at build).
+        """
+        check_supported(sim)
+        kit = load_aihwkit()
+        modules = layer_modules(model, list(mapped))
+        check_activation_scales(mapped, activation_scales)
+        noise_model = {"none": lambda: None, "pcm": kit.PCMLikeNoiseModel,
+                       "reram": kit.ReRamWan2022NoiseModel}[self.params.noise_model]()
+        return with_layers_replaced(model, {
+            n: AihwkitLayer(modules[n], m, sim, activation_scales[n], kit, noise_model, self.params)
+            for n, m in mapped.items()
+        })
+
+
+def load_aihwkit():
+    """The aihwkit names the host uses; :class:`ConfigError` when aihwkit is not installed."""
+    try:
+        from aihwkit.inference import PCMLikeNoiseModel, ReRamWan2022NoiseModel
+        from aihwkit.simulator.configs import TorchInferenceRPUConfig
+        from aihwkit.simulator.parameters.enums import BoundManagementType, NoiseManagementType, RPUDataType
+    except ImportError:
+        raise ConfigError("host aihwkit: aihwkit is not installed (pip install --no-deps aihwkit==1.1.0)") from None
+    return SimpleNamespace(
+        PCMLikeNoiseModel=PCMLikeNoiseModel, ReRamWan2022NoiseModel=ReRamWan2022NoiseModel,
+        TorchInferenceRPUConfig=TorchInferenceRPUConfig, BoundManagementType=BoundManagementType,
+        NoiseManagementType=NoiseManagementType, RPUDataType=RPUDataType)

@@ -1,0 +1,168 @@
+"""Wall time and peak memory of each pipeline stage, with the crossbar counts it produces.
+
+Runs :func:`sme_plugin.pipeline.run` (``dataset: null``) for each model under orchestrator
+``none`` and ``window`` (budget mode) times each packing, every run in a fresh process so that
+its peak RSS is its own. Stage times come from the report's ``timing_s`` (quantize and
+orchestrate are split by timing the orchestrator's call); the peak resident set size (MiB) of each
+stage comes from a thread sampling ``/proc/self/statm`` (Linux) every few milliseconds, and the
+whole run's from ``resource.getrusage``.
+
+Also the shared helpers of the other benchmarks: :func:`limit_threads`, :func:`print_table`,
+:func:`run_pipelines`.
+
+    python benchmarks/bench_mapping.py [--models resnet50 mobilenet_v2] [--packings column ou]
+                                       [--budget 0.05] [--threads 1] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
+
+import torch  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from sme_plugin.config import load_config  # noqa: E402
+from sme_plugin.pipeline import run  # noqa: E402
+from sme_plugin.plugins import build_registry, plugin_manager  # noqa: E402
+
+STAGES = ("model", "quantize", "orchestrate", "map+squeeze+costs")
+#: table headers of the stages: model build + layer extraction, quantize, orchestrate, map + squeeze + costs
+SHORT = dict(zip(STAGES, ("build", "quant", "orch", "map")))
+
+
+def limit_threads(threads: int) -> None:
+    """Use ``threads`` threads in torch, numpy's BLAS/OpenMP and any child process."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    threadpool_limits(threads)
+    torch.set_num_threads(threads)
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    """Plain-text table of ``rows`` (dicts sharing their keys), columns right-aligned; None prints as ``-``."""
+    columns = list(rows[0])
+    cells = [[f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v) for v in row.values()] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print(f"\n{title}")
+    for line in [columns, ["-" * w for w in widths], *cells]:
+        print("  ".join(v.rjust(w) for v, w in zip(line, widths)))
+
+
+class RSSSampler(threading.Thread):
+    """Samples this process's resident set size every ``interval`` seconds as (perf_counter s, MiB)."""
+
+    def __init__(self, interval: float = 0.005):
+        super().__init__(daemon=True)
+        self.interval, self.samples, self.done = interval, [], threading.Event()
+
+    def run(self):
+        page_mib = os.sysconf("SC_PAGE_SIZE") / 2**20
+        with open("/proc/self/statm") as statm:
+            while not self.done.is_set():
+                statm.seek(0)
+                self.samples.append((time.perf_counter(), int(statm.read().split()[1]) * page_mib))
+                self.done.wait(self.interval)
+
+    def peak(self, start: float, end: float) -> float:
+        """Largest sample (MiB) taken in [start, end] (the nearest earlier one if none fell inside)."""
+        inside = [mib for t, mib in self.samples if start <= t <= end]
+        return max(inside or [mib for t, mib in self.samples if t <= start][-1:])
+
+
+def stamp_calls(strategy, method: str, stamps: list) -> None:
+    """Make ``strategy`` build objects whose ``method`` appends its start and end perf_counter to ``stamps``."""
+    base = strategy.factory
+
+    def stamped(self, *args, **kwargs):
+        stamps.append(time.perf_counter())
+        result = getattr(base, method)(self, *args, **kwargs)
+        stamps.append(time.perf_counter())
+        return result
+
+    strategy.factory = type(base.__name__, (base,), {method: stamped})
+
+
+def measured_run(config: dict, threads: int) -> dict:
+    """Run the pipeline on ``config`` (a config dict over the defaults) and measure each stage.
+
+    Returns the report's ``totals`` and ``accuracy``, ``seconds`` and ``rss_mib`` per stage of
+    :data:`STAGES` (plus ``accuracy`` when a dataset is configured) and ``max_rss_mib`` of the process.
+    """
+    limit_threads(threads)
+    registry = build_registry(plugin_manager())
+    parsed = load_config(config, registry)
+    stamps, sampler = [], RSSSampler()
+    stamp_calls(parsed.strategies["orchestrator"], "orchestrate", stamps)
+    sampler.start()
+    start = time.perf_counter()
+    report = run(parsed, registry)
+    sampler.done.set()
+    sampler.join()
+    timing = report["timing_s"]
+    mapped = start + timing["model"] + timing["quantize+orchestrate"] + timing["map+squeeze+costs"]
+    ends = start + timing["model"], stamps[0], stamps[1], mapped
+    bounds = dict(zip(STAGES, zip((start, *ends[:-1]), ends)))
+    if "accuracy" in timing:
+        bounds["accuracy"] = ends[-1], ends[-1] + timing["accuracy"]
+    return {
+        "totals": report["totals"],
+        "accuracy": report["accuracy"],
+        "seconds": {stage: round(b - a, 3) for stage, (a, b) in bounds.items()},
+        "rss_mib": {stage: round(sampler.peak(a, b)) for stage, (a, b) in bounds.items()},
+        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
+def run_pipelines(configs: list[dict], threads: int, jobs: int = 1) -> list[dict]:
+    """:func:`measured_run` of each config, each in a fresh process (``jobs`` at a time)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=1) as pool:
+        return list(pool.map(measured_run, configs, [threads] * len(configs)))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2"])
+    parser.add_argument("--packings", nargs="+", default=["column", "ou"], choices=["tile", "column", "ou"])
+    parser.add_argument("--budget", type=float, default=0.05, help="window orchestrator's relative weight-error budget")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
+    args = parser.parse_args(argv)
+    limit_threads(args.threads)
+
+    orchestrators = {"none": {"name": "none"}, f"window {args.budget}": {"name": "window", "mode": "budget", "budget": args.budget}}
+    points = [
+        {"model": model, "orchestrator": label, "packing": packing}
+        for model in args.models for label in orchestrators for packing in args.packings
+    ]
+    configs = [
+        {"model": {"name": p["model"]}, "dataset": None, "orchestrator": orchestrators[p["orchestrator"]],
+         "mapper": {"name": "sme", "packing": p["packing"]}}
+        for p in points
+    ]
+    results = run_pipelines(configs, args.threads)
+    if args.json:
+        print(json.dumps([{**p, **r} for p, r in zip(points, results)], indent=1))
+        return
+    print_table([{**p, **{f"{SHORT[s]} s": r["seconds"][s] for s in STAGES}, "total s": round(sum(r["seconds"].values()), 3),
+                  **{f"{SHORT[s]} MiB": r["rss_mib"][s] for s in STAGES}, "max RSS MiB": r["max_rss_mib"]}
+                 for p, r in zip(points, results)],
+                f"stage wall time (s) and peak RSS (MiB), {args.threads} thread(s)")
+    print_table([{**p, **{k: v for k, v in r["totals"]["crossbars"].items() if k != "baseline"},
+                  **{f"x {k[3:]}": v for k, v in r["totals"]["reductions"].items()},
+                  "weight error": r["totals"]["weight_error"], "total s": round(sum(r["seconds"].values()), 3)}
+                 for p, r in zip(points, results)], "crossbars per mapping label and SME's reduction (x label = label / sme)")
+
+
+if __name__ == "__main__":
+    main()
