@@ -18,7 +18,7 @@ import argparse
 import itertools
 import json
 
-from bench_mapping import print_table, run_pipelines  # also puts the checkout on sys.path
+from bench_mapping import positive, print_table, run_pipelines  # also puts the checkout on sys.path
 
 CELLS = {"slc": {"name": "slc"}, "mlc": {"name": "mlc", "bits": 2}}
 
@@ -29,14 +29,15 @@ def main(argv=None) -> None:
                         help="window orchestrator's relative weight-error budgets")
     parser.add_argument("--packings", nargs="+", default=["column", "ou"], choices=["tile", "column", "ou"])
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS), help="mlc: 2-bit cells")
-    parser.add_argument("--adc-bits", type=int, default=8, help="noisy ADC resolution (0.5 LSB noise)")
-    parser.add_argument("--samples", type=int, default=None, help="test samples (default: the whole test split)")
-    parser.add_argument("--jobs", type=int, default=2, help="points run at once, one process each")
-    parser.add_argument("--threads", type=int, default=1, help="threads per process")
+    parser.add_argument("--adc-bits", type=positive, default=8, help="noisy ADC resolution (0.5 LSB noise)")
+    parser.add_argument("--samples", type=positive, default=None, help="test samples (default: the whole test split)")
+    parser.add_argument("--jobs", type=positive, default=2, help="points run at once, one process each")
+    parser.add_argument("--threads", type=positive, default=1, help="threads per process")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = parser.parse_args(argv)
 
-    points = [{"budget": b, "packing": p, "cell": c} for b, p, c in itertools.product(args.budgets, args.packings, args.cells)]
+    grid = itertools.product(args.budgets, args.packings, args.cells)
+    points = [{"budget": b, "packing": p, "cell": c} for b, p, c in grid]
     configs = [
         {"model": {"name": "digits"}, "dataset": {"name": "digits", "samples": args.samples},
          "orchestrator": {"name": "window", "mode": "budget", "budget": p["budget"]},
@@ -51,8 +52,9 @@ def main(argv=None) -> None:
     rows = []
     for p, r in zip(points, results):
         acc, crossbars, reductions = r["accuracy"], r["totals"]["crossbars"], r["totals"]["reductions"]
-        rows.append({**p, "float %": acc["float"], "quant-only %": acc["quantizer_only"], "quantized %": acc["quantized"],
-                     "sme %": acc["sme"], "sme xbars": crossbars["sme"], "isaac": crossbars["isaac"],
+        rows.append({**p, "float %": acc["float"], "quant-only %": acc["quantizer_only"],
+                     "quantized %": acc["quantized"], "sme %": acc["sme"],
+                     "sme xbars": crossbars["sme"], "isaac": crossbars["isaac"],
                      "isaac16": crossbars["isaac16"], "x isaac": reductions["vs_isaac"],
                      "x isaac16": reductions["vs_isaac16"], "weight error": r["totals"]["weight_error"],
                      "seconds": round(sum(r["seconds"].values()), 1)})

@@ -5,12 +5,15 @@ mapper on 128x128 crossbars with 16-row operation units), each cell (SLC, 2-bit 
 and packing, and each mode (``ideal``: ideal cell and ADC; ``noisy``: the cell model's default
 variation and read noise, and a noisy ADC at the read group's lossless resolution with 0.5 LSB
 noise), times :meth:`CrossbarLayer.integer_matmul` on R random non-negative 8-bit im2col rows
-(1-bit DAC) and reports im2col rows per second and column sums (one ADC conversion each) per
-second, next to :class:`DigitalLayer` (exact float64 matmul) on the same rows. Ideal results must
-equal the digital ones bit for bit (max |difference| = 0); noisy ones report the relative RMS error.
+(1-bit DAC; R = ``--work`` / (N*M) rows, 4..4096) and reports im2col rows per second and column
+sums (one ADC conversion each) per second, next to :class:`DigitalLayer` (exact float64 matmul) on
+the same rows. Ideal results must equal the digital ones bit for bit (max |difference| = 0); noisy
+ones report the relative RMS error ||y - y_digital|| / ||y_digital||.
 
-    python benchmarks/bench_host.py [--shapes 144x32 1152x128 4608x512] [--device cpu|cuda]
-                                    [--threads 1] [--repeats 2] [--json]
+    python benchmarks/bench_host.py [--shapes 144x32 1152x128 4608x512] [--cells slc mlc]
+                                    [--signs differential segment-offset] [--packings column ou]
+                                    [--modes ideal noisy] [--work 4194304] [--chunk-mib 256]
+                                    [--device cpu|cuda] [--repeats 2] [--threads 1] [--json]
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 
 import numpy as np
 import torch
-from bench_mapping import limit_threads, print_table  # first: it puts the checkout on sys.path
+from bench_mapping import limit_threads, positive, print_table  # first: it puts the checkout on sys.path
 from torch import nn
 
 from cell_models import IdealCell, MLCCell, SLCCell
@@ -37,21 +40,21 @@ GEOMETRY = dict(rows=128, cols=128, ou_rows=16)
 
 
 def shape(text: str) -> tuple[int, int]:
+    """``"NxM"`` -> (N, M)."""
     rows, cols = text.lower().split("x")
     return int(rows), int(cols)
 
 
 def timed(fn, device: torch.device, repeats: int) -> tuple[float, torch.Tensor]:
-    """(median seconds of ``repeats`` calls after one warm-up call, last result)."""
+    """(median seconds of ``repeats`` calls after one warm-up call, last result); waits for CUDA kernels."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     result = fn()
+    sync()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
         start = time.perf_counter()
         result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - start)
     return float(np.median(times)), result
 
@@ -106,12 +109,12 @@ def main(argv=None) -> None:
                         choices=["differential", "offset", "segment-offset"])
     parser.add_argument("--packings", nargs="+", default=["column", "ou"], choices=["tile", "column", "ou"])
     parser.add_argument("--modes", nargs="+", default=["ideal", "noisy"], choices=["ideal", "noisy"])
-    parser.add_argument("--work", type=int, default=2**22, help="im2col rows R = work / (N*M), clipped to 4..4096")
-    parser.add_argument("--chunk-mib", type=int, default=StandaloneHost.Params().chunk_mib,
+    parser.add_argument("--work", type=positive, default=2**22, help="im2col rows R = work / (N*M), clipped to 4..4096")
+    parser.add_argument("--chunk-mib", type=positive, default=StandaloneHost.Params().chunk_mib,
                         help="memory cap (MiB) of one chunk's column sums (the standalone host's chunk_mib)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=2, help="timed calls per point (median), after one warm-up")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=positive, default=2, help="timed calls per point (median), after one warm-up")
+    parser.add_argument("--threads", type=positive, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = parser.parse_args(argv)

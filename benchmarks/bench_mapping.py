@@ -7,8 +7,8 @@ orchestrate are split by timing the orchestrator's call); the peak resident set 
 stage comes from a thread sampling ``/proc/self/statm`` (Linux) every few milliseconds, and the
 whole run's from ``resource.getrusage``.
 
-Also the shared helpers of the other benchmarks: :func:`limit_threads`, :func:`print_table`,
-:func:`run_pipelines`.
+Also the shared helpers of the other benchmarks: :func:`positive`, :func:`limit_threads`,
+:func:`print_table`, :func:`measured_run`, :func:`run_pipelines`.
 
     python benchmarks/bench_mapping.py [--models resnet50 mobilenet_v2] [--packings column ou]
                                        [--budget 0.05] [--threads 1] [--json]
@@ -41,6 +41,14 @@ STAGES = ("model", "quantize", "orchestrate", "map+squeeze+costs")
 SHORT = dict(zip(STAGES, ("build", "quant", "orch", "map")))
 
 
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
 def limit_threads(threads: int) -> None:
     """Use ``threads`` threads in torch, numpy's BLAS/OpenMP and any child process."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -48,10 +56,15 @@ def limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def cell_text(value) -> str:
+    """A table cell: floats to 4 significant digits, None as ``-``."""
+    return f"{value:.4g}" if isinstance(value, float) else "-" if value is None else str(value)
+
+
 def print_table(rows: list[dict], title: str) -> None:
-    """Plain-text table of ``rows`` (dicts sharing their keys), columns right-aligned; None prints as ``-``."""
+    """Plain-text table of ``rows`` (dicts sharing their keys), columns right-aligned."""
     columns = list(rows[0])
-    cells = [[f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v) for v in row.values()] for row in rows]
+    cells = [[cell_text(v) for v in row.values()] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     print(f"\n{title}")
     for line in [columns, ["-" * w for w in widths], *cells]:
@@ -109,11 +122,12 @@ def measured_run(config: dict, threads: int) -> dict:
     sampler.done.set()
     sampler.join()
     timing = report["timing_s"]
-    mapped = start + timing["model"] + timing["quantize+orchestrate"] + timing["map+squeeze+costs"]
-    ends = start + timing["model"], stamps[0], stamps[1], mapped
-    bounds = dict(zip(STAGES, zip((start, *ends[:-1]), ends)))
+    built = start + timing["model"]
+    mapped = built + timing["quantize+orchestrate"] + timing["map+squeeze+costs"]
+    bounds = {"model": (start, built), "quantize": (built, stamps[0]), "orchestrate": (stamps[0], stamps[1]),
+              "map+squeeze+costs": (stamps[1], mapped)}
     if "accuracy" in timing:
-        bounds["accuracy"] = ends[-1], ends[-1] + timing["accuracy"]
+        bounds["accuracy"] = mapped, mapped + timing["accuracy"]
     return {
         "totals": report["totals"],
         "accuracy": report["accuracy"],
@@ -124,7 +138,13 @@ def measured_run(config: dict, threads: int) -> dict:
 
 
 def run_pipelines(configs: list[dict], threads: int, jobs: int = 1) -> list[dict]:
-    """:func:`measured_run` of each config, each in a fresh process (``jobs`` at a time)."""
+    """:func:`measured_run` of each config, each in a fresh process (``jobs`` at a time).
+
+    Every config is validated first, so a bad one raises :class:`~sme_plugin.errors.ConfigError` here.
+    """
+    registry = build_registry(plugin_manager())
+    for config in configs:
+        load_config(config, registry)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=1) as pool:
         return list(pool.map(measured_run, configs, [threads] * len(configs)))
@@ -135,12 +155,12 @@ def main(argv=None) -> None:
     parser.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2"])
     parser.add_argument("--packings", nargs="+", default=["column", "ou"], choices=["tile", "column", "ou"])
     parser.add_argument("--budget", type=float, default=0.05, help="window orchestrator's relative weight-error budget")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive, default=1)
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     args = parser.parse_args(argv)
-    limit_threads(args.threads)
 
-    orchestrators = {"none": {"name": "none"}, f"window {args.budget}": {"name": "window", "mode": "budget", "budget": args.budget}}
+    window = {"name": "window", "mode": "budget", "budget": args.budget}
+    orchestrators = {"none": {"name": "none"}, f"window {args.budget}": window}
     points = [
         {"model": model, "orchestrator": label, "packing": packing}
         for model in args.models for label in orchestrators for packing in args.packings
@@ -154,14 +174,16 @@ def main(argv=None) -> None:
     if args.json:
         print(json.dumps([{**p, **r} for p, r in zip(points, results)], indent=1))
         return
-    print_table([{**p, **{f"{SHORT[s]} s": r["seconds"][s] for s in STAGES}, "total s": round(sum(r["seconds"].values()), 3),
-                  **{f"{SHORT[s]} MiB": r["rss_mib"][s] for s in STAGES}, "max RSS MiB": r["max_rss_mib"]}
-                 for p, r in zip(points, results)],
-                f"stage wall time (s) and peak RSS (MiB), {args.threads} thread(s)")
-    print_table([{**p, **{k: v for k, v in r["totals"]["crossbars"].items() if k != "baseline"},
-                  **{f"x {k[3:]}": v for k, v in r["totals"]["reductions"].items()},
-                  "weight error": r["totals"]["weight_error"], "total s": round(sum(r["seconds"].values()), 3)}
-                 for p, r in zip(points, results)], "crossbars per mapping label and SME's reduction (x label = label / sme)")
+    stages, counts = [], []
+    for p, r in zip(points, results):
+        total = round(sum(r["seconds"].values()), 3)
+        stages.append({**p, **{f"{SHORT[s]} s": r["seconds"][s] for s in STAGES}, "total s": total,
+                       **{f"{SHORT[s]} MiB": r["rss_mib"][s] for s in STAGES}, "max RSS MiB": r["max_rss_mib"]})
+        counts.append({**p, **{k: v for k, v in r["totals"]["crossbars"].items() if k != "baseline"},
+                       **{f"x {k[3:]}": v for k, v in r["totals"]["reductions"].items()},
+                       "weight error": r["totals"]["weight_error"], "total s": total})
+    print_table(stages, f"stage wall time (s) and peak RSS (MiB), {args.threads} thread(s) per run")
+    print_table(counts, "crossbars per mapping label and SME's reduction (x label = label crossbars / sme crossbars)")
 
 
 if __name__ == "__main__":
