@@ -130,6 +130,15 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
     return registry
 
 
+def registry_of(*plugins) -> Registry:
+    """The registry of just ``plugins`` (modules or objects): no built-ins, no entry points."""
+    pm = pluggy.PluginManager("sme_plugin")
+    pm.add_hookspecs(hookspecs)
+    for plugin in plugins:
+        pm.register(plugin)
+    return build_registry(pm)
+
+
 def default_registry() -> Registry:
     """The registry of a default plugin manager (built-ins plus autoloaded entry points)."""
     return build_registry(plugin_manager())

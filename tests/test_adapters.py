@@ -7,13 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from test_host import Net, conv_layer, sim_of
+from test_host import sim_of, small_net
 
 from adapters.aihwkit import AihwkitHost, AihwkitPlan, rpu_config
 from cell_models import SLCCell
 from sme_plugin import errors
 from sme_plugin.converters import NoisyADC, NoisyDAC, UniformADC, lossless_bits
-from sme_plugin.host import calibrate_activations, crossbar_matmul, digital_model
+from sme_plugin.host import crossbar_matmul, digital_model
 from sme_plugin.plugins import build_registry, plugin_manager
 from sme_plugin.signs import SIGN_SCHEMES
 from sme_plugin.types import Geometry, Layer, QuantizedLayer
@@ -102,14 +102,7 @@ def test_sums_beyond_float32_run_in_float64(kit):
 
 @pytest.fixture(scope="module")
 def net_setup():
-    torch.manual_seed(0)
-    net = Net().eval()
-    inputs = torch.randn(6, 3, 8, 8)
-    names = ["features.0", "features.2", "features.4", "features.6", "fc"]
-    per_part = {"features.2": 3, "features.4": 1}
-    modules = dict(net.named_modules())
-    qs = {n: conv_layer(n, modules[n], per_part.get(n, 1), 8) for n in names}
-    scales = calibrate_activations(net, names, inputs, batch_size=4)
+    net, inputs, qs, scales = small_net()
     geometry = Geometry(rows=16, cols=16, ou_rows=4, cell_bits=2)
     mapped = {n: mapper("sme", sign="segment-offset", packing="ou").map(q, geometry) for n, q in qs.items()}
     reference = digital_model(net, {n: m.quantized for n, m in mapped.items()}, 8, scales)(inputs)

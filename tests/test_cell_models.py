@@ -1,4 +1,3 @@
-import pluggy
 import pytest
 import torch
 from hypothesis import given, settings
@@ -6,8 +5,7 @@ from hypothesis import strategies as st
 
 import cell_models
 from cell_models import PRESETS, IdealCell, MLCCell, SLCCell
-from sme_plugin import hookspecs
-from sme_plugin.plugins import build_registry
+from sme_plugin.plugins import registry_of
 
 
 def gen(seed=0):
@@ -20,10 +18,7 @@ def cells(bits, n=200_000, seed=0):
 
 
 def test_plugin_registers_cell_models():
-    pm = pluggy.PluginManager("sme_plugin")
-    pm.add_hookspecs(hookspecs)
-    pm.register(cell_models)
-    assert build_registry(pm).names("cell") == ["ideal", "mlc", "slc"]
+    assert registry_of(cell_models).names("cell") == ["ideal", "mlc", "slc"]
 
 
 @settings(max_examples=30, deadline=None)

@@ -1,11 +1,10 @@
 import numpy as np
-import pluggy
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sme_plugin import converters, hookspecs
+from sme_plugin import converters
 from sme_plugin.converters import (
     ADC_TABLE,
     IdealADC,
@@ -16,7 +15,7 @@ from sme_plugin.converters import (
     adc_cost,
     lossless_bits,
 )
-from sme_plugin.plugins import build_registry
+from sme_plugin.plugins import registry_of
 
 
 def gen(seed=0):
@@ -24,10 +23,7 @@ def gen(seed=0):
 
 
 def test_plugin_registers_adcs_and_dacs():
-    pm = pluggy.PluginManager("sme_plugin")
-    pm.add_hookspecs(hookspecs)
-    pm.register(converters)
-    registry = build_registry(pm)
+    registry = registry_of(converters)
     assert registry.names("adc") == ["ideal", "noisy", "uniform"]
     assert registry.names("dac") == ["ideal", "noisy"]
 

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from cell_models import IdealCell, MLCCell, SLCCell
-from sme_plugin import errors
+from sme_plugin import errors, mapping, squeeze
 from sme_plugin.converters import IdealADC, IdealDAC, NoisyADC, UniformADC, lossless_bits
 from sme_plugin.host import (
     CrossbarLayer,
@@ -16,6 +16,7 @@ from sme_plugin.host import (
     crossbar_matmul,
     digital_model,
 )
+from sme_plugin.plugins import registry_of
 from sme_plugin.signs import SIGN_SCHEMES, encode
 from sme_plugin.types import Geometry, Layer, MappedLayer, QuantizedLayer
 
@@ -148,8 +149,9 @@ def conv_layer(name, module, groups_per_part, bits):
                      out_features=module.out_channels, groups=g, groups_per_part=k)
 
 
-@pytest.fixture(scope="module")
-def net_setup():
+def small_net():
+    """A conv net with strided, dilated, depthwise (3 parts) and grouped layers, its quantized layers,
+    inputs and activation scales."""
     torch.manual_seed(0)
     net = Net().eval()
     inputs = torch.randn(6, 3, 8, 8)
@@ -159,6 +161,11 @@ def net_setup():
     qs = {n: conv_layer(n, modules[n], per_part.get(n, 1), 8) for n in names}
     scales = calibrate_activations(net, names, inputs, batch_size=4)
     return net, inputs, qs, scales
+
+
+@pytest.fixture(scope="module")
+def net_setup():
+    return small_net()
 
 
 def test_calibrate_activations_records_input_peaks(net_setup):
@@ -278,23 +285,8 @@ def test_bad_inputs_raise_clear_errors(net_setup):
         StandaloneHost.Params(batch_rows=0)
 
 
-def registered(kind, module_name):
-    """Strategies of ``kind`` registered by one built-in module (fresh plugin manager, no entry points)."""
-    import importlib
-
-    import pluggy
-
-    from sme_plugin import hookspecs
-    from sme_plugin.plugins import build_registry
-
-    pm = pluggy.PluginManager("sme_plugin")
-    pm.add_hookspecs(hookspecs)
-    pm.register(importlib.import_module(module_name))
-    return build_registry(pm).entries[kind]
-
-
-MAPPERS = registered("mapper", "sme_plugin.mapping")
-SQUEEZERS = registered("squeezer", "sme_plugin.squeeze")
+MAPPERS = registry_of(mapping).entries["mapper"]
+SQUEEZERS = registry_of(squeeze).entries["squeezer"]
 
 
 @st.composite

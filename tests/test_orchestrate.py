@@ -1,14 +1,14 @@
 import time
 
 import numpy as np
-import pluggy
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from sme_plugin import hookspecs, orchestrate
+from sme_plugin import orchestrate
 from sme_plugin.orchestrate import KBitsOrchestrator, NoOrchestrator, WindowOrchestrator, relative_error
+from sme_plugin.plugins import registry_of
 from sme_plugin.signs import encode, encoded_bits, scheme_offsets
 from sme_plugin.types import Geometry, Layer, MappingContext, QuantizedLayer
 
@@ -75,11 +75,7 @@ def check_valid(before, after):
 
 
 def test_registered_through_pluggy():
-    pm = pluggy.PluginManager("sme_plugin")
-    pm.add_hookspecs(hookspecs)
-    pm.register(orchestrate)
-    found = {}
-    pm.hook.sme_register_orchestrators(register=found.__setitem__)
+    found = {name: entry.factory for name, entry in registry_of(orchestrate).entries["orchestrator"].items()}
     assert found == {"none": NoOrchestrator, "kbits": KBitsOrchestrator, "window": WindowOrchestrator}
 
 

@@ -1,14 +1,14 @@
 import itertools
 
 import numpy as np
-import pluggy
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from sme_plugin import hookspecs, quantize
+from sme_plugin import quantize
 from sme_plugin.errors import WeightsError
+from sme_plugin.plugins import registry_of
 from sme_plugin.quantize import (
     APoTQuantizer,
     KMeansQuantizer,
@@ -42,11 +42,7 @@ def quantizer_levels(quantizer):
 
 
 def test_registered_through_pluggy():
-    pm = pluggy.PluginManager("sme_plugin")
-    pm.add_hookspecs(hookspecs)
-    pm.register(quantize)
-    found = {}
-    pm.hook.sme_register_quantizers(register=found.__setitem__)
+    found = {name: entry.factory for name, entry in registry_of(quantize).entries["quantizer"].items()}
     assert found == {
         "uniform": UniformQuantizer,
         "pow2": Pow2Quantizer,
