@@ -13,12 +13,12 @@ from rich.progress import track
 from . import __version__
 from .config import Config
 from .costs import Periphery, layer_costs, total_costs
-from .errors import WeightsError
+from .errors import ConfigError, WeightsError
 from .host import Simulation, calibrate_activations, digital_model
 from .layers import extract_layers, fold_batchnorm
 from .orchestrate import relative_error
 from .plugins import Registry
-from .types import Layer, MappedLayer, MappingContext, QuantizedLayer
+from .types import Dataset, Layer, MappedLayer, MappingContext, ModelBundle, QuantizedLayer
 
 #: The baselines every run reports next to the configured mapping: label -> (mapper, params).
 BASELINES = {
@@ -58,6 +58,21 @@ def baseline_mappers(config: Config, registry: Registry, quantizer_bits: int) ->
         factory = registry.get("mapper", name).factory
         mappers[label] = (factory(factory.Params(**params)), {"mapper": name, **params})
     return mappers
+
+
+def load_dataset(config: Config, bundle: ModelBundle) -> Dataset | None:
+    """The configured dataset (None when ``dataset: null``), checked against the model's input shape."""
+    strategy = config.strategies["dataset"]
+    if strategy is None:
+        return None
+    dataset = strategy.build().load()
+    sample = tuple(dataset.test_inputs.shape[1:])
+    if sample != tuple(bundle.input_shape):
+        raise ConfigError(
+            f"dataset.name: {dataset.name!r} gives samples of shape {sample} but model {bundle.name!r} takes "
+            f"{tuple(bundle.input_shape)}; choose a matching dataset or dataset: null"
+        )
+    return dataset
 
 
 def check_finite(layers: list[Layer]) -> None:
@@ -148,6 +163,7 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
     folded = fold_batchnorm(bundle.module)
     layers = extract_layers(folded, bundle.input_shape, config.crossbar.depthwise, config.crossbar.rows)
     check_finite(layers)
+    dataset = load_dataset(config, bundle)
     lap("model")
 
     geometry = config.geometry(stages.cell.bits)
@@ -162,7 +178,7 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
         activation_bits=config.activations.bits,
     )
     baselines = baseline_mappers(config, registry, quantized[0].bits if quantized else 8)
-    simulate = config.strategies["dataset"] is not None
+    simulate = dataset is not None
     mapped, final, layer_reports = {}, [], []
     costs_by_label = {label: [] for label in [*baselines, "sme"]}
     for before, after in track(list(zip(quantized, orchestrated)), "map + squeeze", disable=not progress):
@@ -208,7 +224,6 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
         "timing_s": timing,
     }
     if simulate:
-        dataset = config.strategies["dataset"].build().load()
         report["accuracy"] = evaluate(config, stages, folded, quantized, mapped, dataset, progress)
         lap("accuracy")
     return report

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import pluggy
 
-from . import hookspecs
+from . import __version__, hookspecs
 from .errors import ConfigError, PluginError
 
 DEFAULT_PLUGINS = (
@@ -122,8 +122,9 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
                         f"{_kind} {name!r} is registered twice: by plugin {previous.plugin!r} "
                         f"and by plugin {_plugin!r}"
                     )
+                builtin = f"sme {__version__} (built-in)" if _plugin in DEFAULT_PLUGINS else None
                 registry.entries[_kind][name] = Registration(
-                    _kind, name, factory, _plugin, dists.get(id(_impl.plugin))
+                    _kind, name, factory, _plugin, dists.get(id(_impl.plugin), builtin)
                 )
 
             impl.function(register=register)

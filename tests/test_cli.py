@@ -153,5 +153,11 @@ def test_unwritable_output_directory(tmp_path, capsys):
 def test_plugins_lists_every_kind(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    for word in ("quantizer", "window", "tile-empty", "standalone", "cell_models", "segment" if False else "kmeans"):
+    for word in ("quantizer", "window", "tile-empty", "standalone", "aihwkit", "cell_models", "kmeans"):
         assert word in out
+
+
+def test_dataset_that_does_not_fit_the_model(tmp_path, capsys):
+    data = {"model": {"name": "mobilenet_v2"}, "dataset": {"name": "digits"}}
+    err = fail(capsys, ["run", write_config(tmp_path, data), "--output", str(tmp_path / "out")])
+    assert "dataset.name: 'digits' gives samples of shape (1, 8, 8)" in err and "dataset: null" in err
