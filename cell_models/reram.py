@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sme_plugin.params import StrategyParams
 
@@ -84,6 +84,12 @@ class PhysicalParams(StrategyParams):
     read_sigma: float | None = Field(None, ge=0.0)
     stuck_at_0: float | None = Field(None, ge=0.0, le=1.0)
     stuck_at_1: float | None = Field(None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _fault_fractions(self):
+        if (self.stuck_at_0 or 0.0) + (self.stuck_at_1 or 0.0) > 1.0:
+            raise ValueError(f"stuck_at_0 + stuck_at_1 = {self.stuck_at_0} + {self.stuck_at_1} exceeds 1")
+        return self
 
 
 class PhysicalCell:

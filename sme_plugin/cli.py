@@ -31,12 +31,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_data(args, registry) -> dict | None:
+def _named(section) -> str | None:
+    return section.get("name") if isinstance(section, dict) else None
+
+
+def _config_data(args, registry) -> dict:
+    """The config file's data with ``--model`` applied: the model section keeps its params when it
+    names the same model; the dataset becomes the model's own (a dataset of the same name) or none,
+    unless the config already picks that dataset or ``dataset: null``."""
     data = read_yaml(args.config) if args.config else {}
     if args.model:
-        model = data.get("model") or {}
-        data["model"] = model if model.get("name") == args.model else {"name": args.model}
-        data["dataset"] = {"name": args.model} if args.model in registry.entries["dataset"] else None
+        if _named(data.get("model")) != args.model:
+            data["model"] = {"name": args.model}
+        own = {"name": args.model} if args.model in registry.entries["dataset"] else None
+        if not ("dataset" in data and (data["dataset"] is None or _named(data["dataset"]) == args.model)):
+            data["dataset"] = own
     return data
 
 
@@ -83,12 +92,12 @@ def main(argv=None) -> int:
             console.print(f"{args.config}: valid")
             return 0
         config = load_config(_config_data(args, registry), registry, source=args.config or "embedded default")
-        directory = prepare_output(args.output or config.output)
         from .pipeline import run  # torch-heavy imports only when running
 
-        report = run(config, registry, progress=not args.no_progress and sys.stderr.isatty())
-        sections = [s for found in pm.hook.sme_report_sections(report=report) for s in found]
-        paths = write_report(report, directory, sections)
+        with prepare_output(args.output or config.output) as directory:
+            report = run(config, registry, progress=not args.no_progress and sys.stderr.isatty())
+            sections = [s for found in pm.hook.sme_report_sections(report=report) for s in found]
+            paths = write_report(report, directory, sections)
         _summary(report, console)
         console.print(f"wrote {paths['json']} and {paths['md']}")
         return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 from .plugins import Registry
@@ -48,6 +48,12 @@ class CrossbarParams(BaseModel):
     ou_rows: int = Field(16, ge=1, le=4096)
     depthwise: Literal["packed", "block-diagonal"] = "packed"
     baseline_sign: Literal["differential", "offset", "segment-offset"] = "offset"
+
+    @model_validator(mode="after")
+    def _ou_rows_tile_the_crossbar(self):
+        if self.rows % self.ou_rows:
+            raise ValueError(f"ou_rows = {self.ou_rows} must divide rows = {self.rows}")
+        return self
 
 
 class ActivationParams(BaseModel):
@@ -121,13 +127,13 @@ def _suggest(value: Any, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _lines(error: ValidationError, prefix: str, model: type[BaseModel]) -> list[str]:
-    """One line per pydantic error: path, bad value, valid choices."""
+def _lines(error: ValidationError, prefix: str, model: type[BaseModel], shared=()) -> list[str]:
+    """One line per pydantic error: path, bad value, valid choices (``shared``: keys valid besides the model's)."""
     lines = []
     for item in error.errors():
         path = ".".join([prefix] * bool(prefix) + [str(p) for p in item["loc"]])
         if item["type"] == "extra_forbidden":
-            fields = list(model.model_fields) if len(item["loc"]) == 1 else []
+            fields = [*model.model_fields, *shared] if len(item["loc"]) == 1 else []
             valid = f"; valid keys: {', '.join(fields)}" if fields else ""
             lines.append(f"{path}: unknown key{_suggest(item['loc'][-1], fields)}{valid}")
         elif item["type"] == "literal_error":
@@ -137,19 +143,21 @@ def _lines(error: ValidationError, prefix: str, model: type[BaseModel]) -> list[
             )
         elif item["type"] == "missing":
             lines.append(f"{path}: missing")
+        elif item["type"] == "value_error":
+            lines.append(f"{path}: {item['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"{path}: {item['msg']} (got {item['input']!r})")
     return lines
 
 
-def _resolve(kind: str, section: Section, registry: Registry) -> Strategy:
+def _resolve(kind: str, section: Section, registry: Registry, shared=()) -> Strategy:
     params = dict(section.model_extra or {})
     registration = registry.get(kind, section.name, path=f"{kind}.name")
     params_model = registration.factory.Params
     try:
         validated = params_model.model_validate(params)
     except ValidationError as error:
-        raise ConfigError("\n".join(_lines(error, kind, params_model))) from None
+        raise ConfigError("\n".join(_lines(error, kind, params_model, shared))) from None
     return Strategy(kind, section.name, validated, registration.factory, registration.plugin)
 
 
@@ -214,7 +222,8 @@ def load_config(data: dict | str | Path | None, registry: Registry, source: str 
             strategies[kind] = None
             continue
         try:
-            strategies[kind] = _resolve(kind, section, registry)
+            shared = CrossbarParams.model_fields if kind == "mapper" else ()
+            strategies[kind] = _resolve(kind, section, registry, shared)
         except ConfigError as error:
             problems.append(str(error))
     if problems:

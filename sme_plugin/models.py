@@ -178,7 +178,10 @@ def load_checkpoint(module: nn.Module, path: str | os.PathLike) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or pickled-object files
-        raise WeightsError(f"weights file {str(path)!r} is not a readable torch checkpoint: {error}") from error
+        raise WeightsError(
+            f"weights file {str(path)!r} is not a readable torch checkpoint ({type(error).__name__}); "
+            "expected a state_dict of tensors saved with torch.save (loaded with weights_only=True)"
+        ) from None
     if isinstance(state, dict):
         state = next((state[k] for k in ("state_dict", "model") if isinstance(state.get(k), dict)), state)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -42,19 +43,30 @@ class Stages:
     host: object
 
 
+@contextmanager
+def section(name: str):
+    """Report a strategy's ValueError (settings that cannot work together) as a ConfigError on ``name``."""
+    try:
+        yield
+    except ValueError as error:
+        raise ConfigError(f"{name}: {error}") from None
+
+
 def build_stages(config: Config) -> Stages:
-    s = config.strategies
-    return Stages(**{kind: s[kind].build() for kind in Stages.__dataclass_fields__})
+    """Build every strategy object of the run from its validated config section."""
+    stages = {}
+    for kind in Stages.__dataclass_fields__:
+        with section(kind):
+            stages[kind] = config.strategies[kind].build()
+    return Stages(**stages)
 
 
-def baseline_mappers(config: Config, registry: Registry, quantizer_bits: int) -> dict[str, tuple[object, dict]]:
+def baseline_mappers(config: Config, registry: Registry) -> dict[str, tuple[object, dict]]:
     """label -> (mapper object, its params) of each baseline; ISAAC at the same width uses ``baseline_sign``."""
     mappers = {}
     for label, (name, params) in BASELINES.items():
         if label == "isaac":
             params = {"sign": config.crossbar.baseline_sign}
-        if label == "isaac16" and quantizer_bits > 16:
-            continue
         factory = registry.get("mapper", name).factory
         mappers[label] = (factory(factory.Params(**params)), {"mapper": name, **params})
     return mappers
@@ -167,9 +179,11 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
     lap("model")
 
     geometry = config.geometry(stages.cell.bits)
-    quantized = [stages.quantizer.quantize(layer) for layer in track(layers, "quantize", disable=not progress)]
+    with section("quantizer"):
+        quantized = [stages.quantizer.quantize(layer) for layer in track(layers, "quantize", disable=not progress)]
     context = MappingContext(geometry=geometry, sign=stages.mapper.sign, packing=stages.mapper.packing)
-    orchestrated = stages.orchestrator.orchestrate(quantized, context)
+    with section("orchestrator"):
+        orchestrated = stages.orchestrator.orchestrate(quantized, context)
     lap("quantize+orchestrate")
 
     periphery = Periphery(
@@ -177,14 +191,19 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
         dac_bits=stages.dac.bits,
         activation_bits=config.activations.bits,
     )
-    baselines = baseline_mappers(config, registry, quantized[0].bits if quantized else 8)
+    baselines = baseline_mappers(config, registry)
     simulate = dataset is not None
     mapped, final, layer_reports = {}, [], []
     costs_by_label = {label: [] for label in [*baselines, "sme"]}
     for before, after in track(list(zip(quantized, orchestrated)), "map + squeeze", disable=not progress):
-        sme = stages.squeezer.squeeze(stages.mapper.map(after, geometry), stages.mapper)
+        with section("mapper"):
+            placed = stages.mapper.map(after, geometry)
+        with section("squeezer"):
+            sme = stages.squeezer.squeeze(placed, stages.mapper)
         costs = {"sme": layer_costs(sme, periphery)}
-        costs.update({label: layer_costs(m.map(before, geometry), periphery) for label, (m, _) in baselines.items()})
+        for label, (mapper, _) in baselines.items():
+            with section(f"mapper (baseline {label})"):
+                costs[label] = layer_costs(mapper.map(before, geometry), periphery)
         for label, cost in costs.items():
             costs_by_label[label].append(cost)
         layer_reports.append(layer_report(before, sme, costs))
@@ -236,7 +255,8 @@ def evaluate(config: Config, stages: Stages, model, quantized, mapped, dataset, 
     bits = config.activations.bits
     x, y = dataset.test_inputs, dataset.test_labels
     simulation = Simulation(cell=stages.cell, adc=stages.adc, dac=stages.dac, activation_bits=bits, seed=config.seed)
-    simulated = stages.host.build(model, mapped, simulation, scales, calibration_inputs=dataset.calibration_inputs)
+    with section("host"):
+        simulated = stages.host.build(model, mapped, simulation, scales, calibration_inputs=dataset.calibration_inputs)
     return {
         "dataset": dataset.name,
         "samples": len(x),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import OutputError
@@ -12,16 +13,25 @@ from .errors import OutputError
 LABELS = ("isaac", "isaac16", "bitplane", "sme")
 
 
-def prepare_output(directory: str | Path) -> Path:
-    """Create ``directory`` if needed and check it is writable, before any long computation."""
+@contextmanager
+def prepare_output(directory: str | Path):
+    """Create ``directory`` if needed and check it is writable before any long computation; if the
+    run then fails, remove the directories this created (nothing half-written stays behind)."""
     path = Path(directory)
+    created = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".sme-probe-"):
             pass
     except OSError as error:
         raise OutputError(f"output directory {path}: not writable ({error.strerror or error})") from None
-    return path
+    try:
+        yield path
+    except BaseException:
+        for folder in created:  # innermost first
+            if folder.exists() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
 
 
 def write_atomically(files: dict[Path, str]) -> None:
@@ -33,12 +43,19 @@ def write_atomically(files: dict[Path, str]) -> None:
             temps.append((tmp, target))
             with os.fdopen(fd, "w") as handle:
                 handle.write(text)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
         for tmp, target in temps:
             os.replace(tmp, target)
     except OSError as error:
         for tmp, _ in temps:
             Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"cannot write the report into {next(iter(files)).parent}: {error.strerror or error}") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _table(header: list[str], rows: list[list]) -> str:

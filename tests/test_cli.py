@@ -47,6 +47,7 @@ def test_default_pipeline_saves_crossbars_and_keeps_accuracy(tmp_path):
     assert {"area_mm2", "energy_uj", "latency_us"} <= set(report["costs"]["sme"])
     assert "# SME report" in (out / "report.md").read_text()
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]
+    assert (out / "report.json").stat().st_mode & 0o044  # readable by others (umask permitting), unlike mkstemp's 0600
 
 
 @pytest.mark.parametrize(
@@ -161,3 +162,24 @@ def test_dataset_that_does_not_fit_the_model(tmp_path, capsys):
     data = {"model": {"name": "mobilenet_v2"}, "dataset": {"name": "digits"}}
     err = fail(capsys, ["run", write_config(tmp_path, data), "--output", str(tmp_path / "out")])
     assert "dataset.name: 'digits' gives samples of shape (1, 8, 8)" in err and "dataset: null" in err
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"mapper": {"name": "sme", "cols": 4}}, "mapper (baseline isaac): "),
+        ({"mapper": {"name": "isaac", "weight_bits": 4}}, "mapper: isaac weight_bits=4"),
+        ({"quantizer": {"bits": 2}, "orchestrator": {"name": "kbits", "k": 2}}, "orchestrator: kbits: k=2"),
+    ],
+)
+def test_settings_that_cannot_work_together(tmp_path, capsys, data, expected):
+    out = tmp_path / "new" / "out"
+    err = fail(capsys, ["run", write_config(tmp_path, {**data, "dataset": None}), "--output", str(out)])
+    assert err.startswith(f"error: {expected}") and err.count("\n") == 1
+    assert not (tmp_path / "new").exists()  # the directories the failed run created are gone again
+
+
+def test_model_flag_keeps_the_dataset_settings_of_that_model(tmp_path):
+    report, _ = run_cli(tmp_path, {"dataset": {"name": "digits", "samples": 60}, "orchestrator": {"name": "none"}},
+                        "--model", "digits")
+    assert report["accuracy"]["samples"] == 60

@@ -46,6 +46,9 @@ def test_dataset_null_disables_accuracy(registry):
         ({"mapper": {"rows": 0}}, "mapper.rows: "),
         ({"seed": -1}, "seed: "),
         ({"activations": {"bits": 0}}, "activations.bits: "),
+        ({"mapper": {"ou_rows": 10}}, "mapper: ou_rows = 10 must divide rows = 128"),
+        ({"mapper": {"rowz": 64}}, "mapper.rowz: unknown key (did you mean 'rows'?); valid keys: sign, packing, rows"),
+        ({"cell": {"name": "slc", "stuck_at_0": 0.6, "stuck_at_1": 0.6}}, "cell: stuck_at_0 + stuck_at_1"),
     ],
 )
 def test_each_mistake_is_one_line_naming_the_path(registry, data, expected):
