@@ -152,7 +152,8 @@ class TileEmpty:
     Greedy in rounds: per (sign set, region) the cheapest group is proposed, proposals are accepted
     cheapest first while the layer's error stays within the budget; stops when a round accepts nothing.
     Every region frees the same share of a crossbar, so the cheapest error per crossbar saved is the
-    cheapest error.
+    cheapest error. When the emptied regions free no whole crossbar (or the mapper allocates every
+    region anyway, as ``bitplane`` does) the layer is returned unchanged: error is only spent for savings.
     """
 
     class Params(StrategyParams):
@@ -194,6 +195,8 @@ class TileEmpty:
             permute(weights, _inverse(mapped.row_order), _inverse(mapped.col_order))
         )
         placed = mapper.place(new_quantized, new_encoding, geometry)
+        if placed.crossbars >= mapped.crossbars:  # emptied regions freed no whole crossbar: keep the weights
+            return mapped
         error = float(np.sqrt(((scale * (weights - original)) ** 2).sum() / norm)) if norm else 0.0
         return replace(
             placed,

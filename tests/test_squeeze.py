@@ -95,15 +95,16 @@ def test_tile_empty_zero_budget_is_lossless():
 
 
 def test_tile_empty_compensates_in_kept_planes():
-    # one plane-column holds a lone bit 0 (weight 3 = 0b11 next to 2 = 0b10): emptying plane 0 turns 3 into 2
-    w = np.zeros((1, 64, 32), dtype=np.int64)
-    w[0, :, 0] = 2
+    # 32 plane-columns of plane 1 fill a crossbar; a 33rd holds a lone bit 0 (weight 3 = 0b11 next to
+    # 2 = 0b10): emptying it turns 3 into 2 and frees the second crossbar
+    w = np.full((1, 64, 32), 2, dtype=np.int64)
     w[0, 7, 0] = 3
     q = quantized(w)
     mapper = sme("column")
     mapped = mapper.map(q, GEOMETRY)
     squeezed = TileEmpty(TileEmpty.Params(budget=0.1)).squeeze(mapped, mapper)
     assert squeezed.quantized.w_int[0, 7, 0] == 2 and (squeezed.encoding.levels[:, 0] == 0).all()
+    assert (mapped.crossbars, squeezed.crossbars) == (2, 1)
     assert squeezed.details["emptied_regions"] == 1
     assert squeezed.details["weight_error"] == pytest.approx(relative_error(mapped, squeezed))
     assert squeezed.index_bits < mapped.index_bits  # one plane-column fewer to tag
@@ -167,3 +168,13 @@ def test_squeezer_invariants(layer_and_geometry, sign, make_mapper, squeezer):
         assert relative_error(mapped, squeezed) <= budget + 1e-9
     if not hasattr(squeezer.params, "budget"):
         assert (squeezed.quantized.w_int == q.w_int).all()  # row compaction is lossless
+
+
+def test_tile_empty_spends_no_error_without_saving_a_crossbar():
+    # the lone bit-0 plane-column shares its crossbar with the plane-1 column: emptying it saves nothing
+    w = np.zeros((1, 64, 32), dtype=np.int64)
+    w[0, :, 0] = 2
+    w[0, 7, 0] = 3
+    mapper = sme("column")
+    mapped = mapper.map(quantized(w), GEOMETRY)
+    assert TileEmpty(TileEmpty.Params(budget=0.1)).squeeze(mapped, mapper) is mapped
