@@ -64,7 +64,8 @@ def _summary(report: dict, console: Console) -> None:
     if acc.get("dataset"):
         console.print(f"accuracy on {acc['samples']} {acc['dataset']} samples: float {acc['float']} %, "
                       f"quantized {acc['quantized']} %, SME crossbars {acc['sme']} %")
-    console.print(f"weight error {totals['weight_error']}, reduction vs ISAAC {totals['reduction']}x")
+    reduction = f"{totals['reduction']}x" if totals["reduction"] else "n/a (SME uses no crossbar)"
+    console.print(f"weight error {totals['weight_error']}, reduction vs ISAAC {reduction}")
 
 
 def _plugins(pm, registry, console: Console) -> None:

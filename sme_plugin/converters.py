@@ -63,10 +63,14 @@ def lossless_bits(full_scale) -> int:
 
 
 class _ADCCost:
-    def energy_pj(self, bits: int) -> float:
+    """Energy and area of an ADC from :func:`adc_cost` (``bits`` an int or an int array)."""
+
+    def energy_pj(self, bits):
+        """Energy per conversion, pJ."""
         return adc_cost(bits)[0]
 
-    def area_um2(self, bits: int) -> float:
+    def area_um2(self, bits):
+        """Area of one converter, um^2."""
         return adc_cost(bits)[1]
 
 

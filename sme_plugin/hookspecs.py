@@ -23,7 +23,9 @@ def sme_register_orchestrators(register):
 
 @hookspec
 def sme_register_mappers(register):
-    """Register crossbar mappers: ``map(qlayer, geometry) -> MappedLayer``."""
+    """Register crossbar mappers: ``map(qlayer, geometry) -> MappedLayer``, plus ``encode(qlayer, geometry)
+    -> Encoding`` and ``place(qlayer, encoding, geometry) -> MappedLayer`` for squeezers, and the
+    attributes ``label``, ``sign`` (sign scheme) and ``packing`` (``tile``, ``column`` or ``ou``)."""
 
 
 @hookspec
@@ -33,32 +35,36 @@ def sme_register_squeezers(register):
 
 @hookspec
 def sme_register_cell_models(register):
-    """Register ReRAM cell models: ``program(levels, present, rng) -> conductance``."""
+    """Register ReRAM cell models: ``bits``, ``read_noise`` and
+    ``program(levels, present, generator) -> conductance`` (level units, float64 tensor)."""
 
 
 @hookspec
 def sme_register_adcs(register):
-    """Register ADC components: ``convert(sums, full_scale, generator) -> codes``."""
+    """Register ADC components: ``convert(sums, full_scale, generator) -> codes``, ``lossless``, ``bits``
+    (unless lossless), ``calibrated``, and ``energy_pj(bits)`` / ``area_um2(bits)`` for the cost model."""
 
 
 @hookspec
 def sme_register_dacs(register):
-    """Register DAC components: ``bits`` per input cycle and ``apply(slices, generator)``."""
+    """Register DAC components: ``bits`` per input cycle, ``apply(slices, generator)``, and
+    ``energy_pj()`` / ``area_um2()`` per conversion and per converter for the cost model."""
 
 
 @hookspec
 def sme_register_hosts(register):
-    """Register hosts that run a model through mapped crossbars: ``build(model, mapped, sim)``."""
+    """Register hosts that run a model through mapped crossbars:
+    ``build(model, mapped, sim, activation_scales, calibration_inputs=None) -> nn.Module``."""
 
 
 @hookspec
 def sme_register_models(register):
-    """Register model builders: ``factory(params) -> ModelBundle``."""
+    """Register model builders: ``factory(params).build() -> ModelBundle``."""
 
 
 @hookspec
 def sme_register_datasets(register):
-    """Register datasets: ``factory(params) -> Dataset`` (``test`` and ``calibration`` tensors)."""
+    """Register datasets: ``factory(params).load() -> Dataset`` (test and calibration tensors)."""
 
 
 @hookspec

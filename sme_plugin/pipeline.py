@@ -186,11 +186,7 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
         orchestrated = stages.orchestrator.orchestrate(quantized, context)
     lap("quantize+orchestrate")
 
-    periphery = Periphery(
-        adc_bits=None if stages.adc.lossless else stages.adc.bits,
-        dac_bits=stages.dac.bits,
-        activation_bits=config.activations.bits,
-    )
+    periphery = Periphery(adc=stages.adc, dac=stages.dac, activation_bits=config.activations.bits)
     baselines = baseline_mappers(config, registry)
     simulate = dataset is not None
     mapped, final, layer_reports = {}, [], []

@@ -140,6 +140,3 @@ def registry_of(*plugins) -> Registry:
     return build_registry(pm)
 
 
-def default_registry() -> Registry:
-    """The registry of a default plugin manager (built-ins plus autoloaded entry points)."""
-    return build_registry(plugin_manager())

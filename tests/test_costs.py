@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from test_mapping import GEOMETRY, quantized, sme
 
-from sme_plugin.converters import adc_cost
+from sme_plugin.converters import DAC_1BIT, IdealADC, IdealDAC, UniformADC, adc_cost
 from sme_plugin.costs import (
     ARRAY_AREA_UM2,
     ARRAY_CELLS,
-    DAC_AREA_UM2,
+    EDRAM_UM2_PER_BIT,
     SHIFT_ADD_AREA_UM2,
     Periphery,
     active_rows,
@@ -18,7 +18,7 @@ from sme_plugin.costs import (
 )
 from sme_plugin.mapping import IsaacMapper
 
-IDEAL = Periphery(adc_bits=None, dac_bits=1, activation_bits=8)
+IDEAL = Periphery(adc=IdealADC(IdealADC.Params()), dac=IdealDAC(IdealDAC.Params(bits=1)), activation_bits=8)
 
 
 def test_lossless_bits_rule():
@@ -39,8 +39,9 @@ def test_dense_isaac_costs_by_hand():
     assert cost["adc_bits_lossless_max"] == 8 and cost["lossy_reads_fraction"] == 0.0
     assert cost["energy_breakdown_uj"]["adc"] == pytest.approx(reads * 8 * adc_cost(8)[0] * 1e-6)
     size = 64 * 32 / ARRAY_CELLS
-    per_crossbar = ARRAY_AREA_UM2 * size + adc_cost(8)[1] + 64 * DAC_AREA_UM2 + SHIFT_ADD_AREA_UM2
-    assert cost["area_mm2"] == pytest.approx(180 * per_crossbar * 1e-6)
+    per_crossbar = ARRAY_AREA_UM2 * size + adc_cost(8)[1] + 64 * DAC_1BIT[1] + SHIFT_ADD_AREA_UM2
+    assert cost["offset_bits"] == 17  # one register for ISAAC's constant offset -2**15
+    assert cost["area_mm2"] == pytest.approx((180 * per_crossbar + 17 * EDRAM_UM2_PER_BIT) * 1e-6)
     assert cost["latency_us"] == pytest.approx(8 * 0.1)  # 8 cycles of 100 ns
     assert cost["digital_ops"] == mapped.digital_ops
 
@@ -56,7 +57,7 @@ def test_ou_reads_take_longer_and_need_fewer_adc_bits():
 
 def test_a_coarse_adc_is_reported_lossy():
     q = quantized(np.ones((1, 64, 4)))
-    cost = layer_costs(sme("column").map(q, GEOMETRY), Periphery(adc_bits=4, dac_bits=1, activation_bits=8))
+    cost = layer_costs(sme("column").map(q, GEOMETRY), Periphery(UniformADC(UniformADC.Params(bits=4)), IdealDAC(IdealDAC.Params()), activation_bits=8))
     assert cost["adc_bits_lossless_max"] == 7 and cost["adc_bits_used_max"] == 4
     assert cost["lossy_reads_fraction"] == 1.0
 
@@ -76,3 +77,11 @@ def test_totals_add_up():
     totals = total_costs(costs)
     assert totals["crossbars"] == 3 * costs[0]["crossbars"]
     assert totals["energy_uj"] == pytest.approx(3 * costs[0]["energy_uj"])
+
+
+def test_segment_offsets_are_stored_and_read_digitally():
+    w = np.arange(-64, 64, dtype=np.int64).reshape(1, 128, 1).repeat(3, axis=2)
+    mapped = sme("ou", sign="segment-offset").map(quantized(w), GEOMETRY)
+    cost = layer_costs(mapped, IDEAL)
+    assert cost["offset_bits"] == mapped.digital_ops * 8 > 0  # offsets down to -64 take 8 signed bits
+    assert cost["energy_breakdown_uj"]["memory"] > 0
