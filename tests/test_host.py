@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from cell_models import IdealCell, MLCCell, SLCCell
-from sme_plugin import errors, mapping, squeeze
+from sme_plugin import errors, mapping, orchestrate, squeeze
 from sme_plugin.converters import IdealADC, IdealDAC, NoisyADC, UniformADC, lossless_bits
 from sme_plugin.host import (
     CrossbarLayer,
@@ -18,7 +18,7 @@ from sme_plugin.host import (
 )
 from sme_plugin.plugins import registry_of
 from sme_plugin.signs import SIGN_SCHEMES, encode
-from sme_plugin.types import Geometry, Layer, MappedLayer, QuantizedLayer
+from sme_plugin.types import Geometry, Layer, MappedLayer, MappingContext, QuantizedLayer
 
 torch.set_num_threads(1)
 
@@ -286,6 +286,7 @@ def test_bad_inputs_raise_clear_errors(net_setup):
 
 
 MAPPERS = registry_of(mapping).entries["mapper"]
+ORCHESTRATORS = registry_of(orchestrate).entries["orchestrator"]
 SQUEEZERS = registry_of(squeeze).entries["squeezer"]
 
 
@@ -294,16 +295,44 @@ def mapper_cases(draw):
     rows = draw(st.sampled_from([8, 16, 32]))
     params = {"sign": draw(st.sampled_from(SIGN_SCHEMES))}
     name = draw(st.sampled_from(sorted(MAPPERS)))
-    if "packing" in MAPPERS[name].factory.Params.model_fields:
+    fields = MAPPERS[name].factory.Params.model_fields
+    if "packing" in fields:
         params["packing"] = draw(st.sampled_from(["tile", "column", "ou"]))
+    if "weight_bits" in fields:  # isaac: its own weight width and cells, as for ISAAC-16
+        params["weight_bits"] = draw(st.sampled_from([None, 12]))
+        params["cell_bits"] = draw(st.sampled_from([None, 2]))
     geometry = Geometry(rows=rows, cols=32, ou_rows=draw(st.sampled_from([2, 4, 8])), cell_bits=draw(st.integers(1, 4)))
     return name, params, geometry
 
 
+@st.composite
+def squeezer_cases(draw):
+    """A registered squeezer with drawn params (error budget, threshold, reordering) where it has them."""
+    name = draw(st.sampled_from(sorted(SQUEEZERS)))
+    factory = SQUEEZERS[name].factory
+    fields = factory.Params.model_fields
+    params = {}
+    if "budget" in fields:
+        params["budget"] = draw(st.sampled_from([0.0, 0.05, 0.3]))
+        params["threshold"] = draw(st.sampled_from([0, 4]))
+    if "reorder" in fields:
+        params["reorder"] = draw(st.booleans())
+    return factory(factory.Params(**params))
+
+
+@st.composite
+def orchestrator_cases(draw):
+    """A registered orchestrator with params that change the weights."""
+    name, params = draw(st.sampled_from([("none", {}), ("kbits", {"k": 1}), ("window", {"budget": 0.1}),
+                                         ("window", {"mode": "fixed", "planes": 2})]))
+    factory = ORCHESTRATORS[name].factory
+    return factory(factory.Params(**params))
+
+
 @pytest.mark.skipif(not MAPPERS, reason="no mappers registered yet")
 @settings(max_examples=150, deadline=None)
-@given(mapper_cases(), golden_cases(), st.sampled_from(sorted(SQUEEZERS) + [None]))
-def test_golden_rule_through_registered_mappers_and_squeezers(mapper_case, case, squeezer):
+@given(mapper_cases(), golden_cases(), squeezer_cases(), orchestrator_cases())
+def test_golden_rule_after_orchestration_and_squeeze_out(mapper_case, case, squeezer, orchestrator):
     name, params, geometry = mapper_case
     rng = np.random.default_rng(case["seed"])
     bits = min(case["bits"], 8)
@@ -311,10 +340,8 @@ def test_golden_rule_through_registered_mappers_and_squeezers(mapper_case, case,
     q = QuantizedLayer(Layer("fc", "linear", w_int.astype(np.float32), mask, None, w_int.shape[2]), w_int,
                        np.ones((1, 1, 1)), bits)
     mapper = MAPPERS[name].factory(MAPPERS[name].factory.Params(**params))
-    mapped = mapper.map(q, geometry)
-    if squeezer is not None:
-        factory = SQUEEZERS[squeezer].factory
-        mapped = factory(factory.Params()).squeeze(mapped, mapper)
+    [q] = orchestrator.orchestrate([q], MappingContext(geometry, mapper.sign, mapper.packing))
+    mapped = squeezer.squeeze(mapper.map(q, geometry), mapper)
     sim = sim_of(dac_bits=case["dac_bits"], activation_bits=case["activation_bits"], cell_bits=mapped.encoding.cell_bits)
     y = crossbar_matmul(torch.as_tensor(x, dtype=torch.float64), mapped, program(mapped, sim), sim)
     expected = np.einsum("rpn,pnm->rpm", x, mapped.quantized.w_int)
