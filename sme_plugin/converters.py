@@ -128,8 +128,11 @@ class UniformADC(_ADCCost):
         top = (1 << self.bits) - 1
         native = torch.as_tensor(full_scale, dtype=sums.dtype, device=sums.device) / top
         step = native.clamp_min(1.0)
-        level = sums / step + self.perturbation(sums, generator) * (native / step)
-        return torch.round(level).clamp(0, top) * step
+        level = sums / step
+        error = self.perturbation(sums, generator)
+        if isinstance(error, torch.Tensor):  # in place: these tensors are the largest of a simulation
+            level.add_(error.mul_(native / step))
+        return level.round_().clamp_(0, top).mul_(step)
 
     def bits_for(self, full_scale) -> int:
         return self.bits
@@ -149,7 +152,7 @@ class NoisyADC(UniformADC):
 
     def perturbation(self, like, generator):
         noise = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
-        return self.params.offset_lsb + self.params.noise_lsb * noise
+        return noise.mul_(self.params.noise_lsb).add_(self.params.offset_lsb)
 
     def describe(self) -> dict:
         return {"model": "noisy", **self.params.model_dump()}
@@ -172,7 +175,7 @@ class IdealDAC:
         self.bits = params.bits
 
     def apply(self, slices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Input slices (...) float64 in [0, 2**bits - 1] -> applied amplitudes, same units."""
+        """Input slices (...) float tensor in [0, 2**bits - 1] -> applied amplitudes, same units and dtype."""
         return slices
 
     def energy_pj(self) -> float:
@@ -194,8 +197,8 @@ class NoisyDAC(IdealDAC):
         sigma: float = Field(0.01, ge=0.0)
 
     def apply(self, slices, generator):
-        noise = torch.randn(slices.shape, generator=generator, dtype=torch.float64, device=slices.device)
-        return slices * (1.0 + self.params.sigma * noise)
+        noise = torch.randn(slices.shape, generator=generator, dtype=slices.dtype, device=slices.device)
+        return slices * noise.mul_(self.params.sigma).add_(1.0)
 
     def describe(self) -> dict:
         return {"model": "noisy", **self.params.model_dump()}

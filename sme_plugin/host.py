@@ -195,6 +195,7 @@ class CrossbarPlan:
         # Column sums run in float32: integer sums stay below 2**24 (rows <= 4096, 4-bit cells,
         # 8-bit DAC), so they are exact for ideal cells; the splice runs in float64.
         self.conductance = F.pad(conductance.to(torch.float32), (0, 0, 0, self.pad)).reshape(blocks)
+        self.conductance_squared = self.conductance.square()
         present = torch.as_tensor(mapped.present, device=device)
         active = F.pad(present.to(torch.float64), (0, 0, 0, self.pad)).reshape(blocks).sum(4)  # (S, G, P, Q, M)
         v, c = sim.dac.bits, enc.cell_bits
@@ -218,13 +219,12 @@ class CrossbarPlan:
         """Non-negative physical inputs (r, P, N) -> spliced crossbar outputs (r, P, M)."""
         sim = self.sim
         x = F.pad(x, (0, self.pad)).reshape(len(x), -1, self.groups, self.read_rows).long()
-        slices = sim.dac.apply(((x[None] >> self.shifts) & self.mask).to(torch.float64), generator)  # (T, r, P, Q, K)
-        slices = slices.to(torch.float32)
+        slices = sim.dac.apply(((x[None] >> self.shifts) & self.mask).to(torch.float32), generator)  # (T, r, P, Q, K)
         sums = torch.einsum("trpqk,sgpqkm->trsgpqm", slices, self.conductance)
         if sim.cell.read_noise > 0:
-            var = torch.einsum("trpqk,sgpqkm->trsgpqm", slices.square(), self.conductance.square())
+            std = torch.einsum("trpqk,sgpqkm->trsgpqm", slices.square(), self.conductance_squared).sqrt_()
             noise = torch.randn(sums.shape, generator=generator, dtype=sums.dtype, device=sums.device)
-            sums = sums + sim.cell.read_noise * var.sqrt() * noise
+            sums.addcmul_(std, noise, value=sim.cell.read_noise)
         if observed is not None:
             torch.maximum(observed, sums.amax(dim=(0, 1)).to(observed.dtype), out=observed)
         codes = sim.adc.convert(sums, full_scale, generator).to(torch.float64)
