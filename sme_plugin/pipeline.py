@@ -102,6 +102,18 @@ def bit_sparsity(q: QuantizedLayer) -> list[float]:
     return [round(float(v), 4) for v in 1.0 - planes.mean(axis=0)] if magnitudes.size else []
 
 
+def stored_sparsity(mapped: MappedLayer) -> list[float]:
+    """Zero fraction of the cells of each cell group (LSB group first) that the mapping stores, over every
+    sign set and existing weight: the sparsity SME squeezes out (orchestrated, sign-encoded planes)."""
+    mask = mapped.quantized.layer.mask
+    if mapped.row_order is not None:
+        mask = np.take_along_axis(mask, mapped.row_order[:, :, None], axis=1)
+    if mapped.col_order is not None:
+        mask = np.take_along_axis(mask, mapped.col_order[:, None, :], axis=2)
+    levels = mapped.encoding.levels[:, :, mask]  # (S, G, weights)
+    return [round(float(v), 4) for v in (levels == 0).mean(axis=(0, 2))] if levels.size else []
+
+
 def model_error(before: list[QuantizedLayer], after: list[QuantizedLayer]) -> float:
     """Relative weight error ||W' - W|| / ||W|| over all layers together (real units)."""
     diff = sum(float(np.sum((a.dequantized() - b.dequantized()) ** 2)) for a, b in zip(after, before))
@@ -142,6 +154,7 @@ def layer_report(before: QuantizedLayer, sme: MappedLayer, costs: dict[str, dict
         },
         "bit_sparsity": bit_sparsity(sme.quantized),
         "bit_sparsity_before": bit_sparsity(before),
+        "stored_sparsity": stored_sparsity(sme),
         "weight_error": round(relative_error(before, sme.quantized), 5),
         "mapping": sme.details,
         "index_bits": sme.index_bits,

@@ -9,8 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import OutputError
-
-LABELS = ("isaac", "isaac16", "bitplane", "sme")
+from .plots import LABELS, summary_png
 
 
 @contextmanager
@@ -34,15 +33,15 @@ def prepare_output(directory: str | Path):
         raise
 
 
-def write_atomically(files: dict[Path, str]) -> None:
-    """Write every file to a temporary sibling first, then rename them all into place."""
+def write_atomically(files: dict[Path, str | bytes]) -> None:
+    """Write every file (text or bytes) to a temporary sibling first, then rename them all into place."""
     temps = []
     try:
-        for target, text in files.items():
+        for target, content in files.items():
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
             temps.append((tmp, target))
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
+            with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as handle:
+                handle.write(content)
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
         for tmp, target in temps:
             os.replace(tmp, target)
@@ -82,6 +81,7 @@ def markdown(report: dict, extra_sections=()) -> str:
                [[label, totals["crossbars"][label], _fmt(totals["reductions"].get(f"vs_{label}"))] for label in labels]),
         f"Reduction against the ISAAC baseline at the same weight width: **{_fmt(totals['reduction'])}x**; "
         f"weight error of the SME mapping ||W'-W||/||W|| = {_fmt(totals['weight_error'])}.",
+        "![crossbars per layer and bit-plane sparsity](summary.png)",
         "## Accuracy",
         _table(["float", "quantizer only", "quantized (digital, final weights)", "SME crossbars", "samples"],
                [[_fmt(acc["float"]), _fmt(acc["quantizer_only"]), _fmt(acc["quantized"]), _fmt(acc["sme"]), acc["samples"]]])
@@ -102,10 +102,11 @@ def markdown(report: dict, extra_sections=()) -> str:
 
 
 def write_report(report: dict, directory: Path, extra_sections=()) -> dict[str, Path]:
-    """Write report.json and report.md into ``directory`` atomically; returns their paths."""
-    paths = {"json": directory / "report.json", "md": directory / "report.md"}
+    """Write report.json, report.md and its figure summary.png into ``directory`` atomically."""
+    paths = {"json": directory / "report.json", "md": directory / "report.md", "png": directory / "summary.png"}
     write_atomically({
         paths["json"]: json.dumps(report, indent=2, sort_keys=False) + "\n",
         paths["md"]: markdown(report, extra_sections),
+        paths["png"]: summary_png(report),
     })
     return paths

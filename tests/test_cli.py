@@ -46,7 +46,9 @@ def test_default_pipeline_saves_crossbars_and_keeps_accuracy(tmp_path):
     assert totals["weights"] == sum(lay["weights"] for lay in report["layers"])
     assert {"area_mm2", "energy_uj", "latency_us"} <= set(report["costs"]["sme"])
     assert "# SME report" in (out / "report.md").read_text()
-    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md", "summary.png"]
+    assert (out / "summary.png").read_bytes().startswith(b"\x89PNG")
+    assert len(layer["stored_sparsity"]) == 8  # segment-offset stores 8 single-bit planes
     assert (out / "report.json").stat().st_mode & 0o044  # readable by others (umask permitting), unlike mkstemp's 0600
 
 
