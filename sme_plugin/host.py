@@ -22,6 +22,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .hookspecs import hookimpl
+from .layers import set_submodule
 from .params import StrategyParams
 from .types import MappedLayer, QuantizedLayer
 
@@ -58,8 +59,7 @@ def with_layers_replaced(model: nn.Module, layers: dict[str, nn.Module]) -> nn.M
     """Deep copy of ``model`` with the named submodules replaced."""
     model = copy.deepcopy(model)
     for name, layer in layers.items():
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, layer)
+        set_submodule(model, name, layer)
     return model
 
 

@@ -23,7 +23,8 @@ from .types import Layer
 DEPTHWISE_CONVENTIONS = ("packed", "block-diagonal")
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule of ``model`` called ``name`` (a qualified name such as ``layer1.0.conv1``)."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, module)
 
@@ -58,7 +59,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             bias = shift if conv.bias is None else conv.bias * scale + shift
             conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
             conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
-        _set_submodule(folded, node.target, nn.Identity())
+        set_submodule(folded, node.target, nn.Identity())
     return folded
 
 

@@ -59,7 +59,7 @@ def split_levels(values: np.ndarray, n_bits: int, cell_bits: int) -> np.ndarray:
     return ((values[None] >> shifts) & ((1 << cell_bits) - 1)).astype(np.uint8)
 
 
-def stored_values(scheme: str, w_int: np.ndarray, offset: np.ndarray) -> np.ndarray:
+def stored_values(scheme: str, w_int: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(S, P, N, M) non-negative values per sign set and the (S,) signs they carry."""
     if scheme == "differential":
         return np.stack([np.maximum(w_int, 0), np.maximum(-w_int, 0)]), np.array([1, -1], dtype=np.int64)

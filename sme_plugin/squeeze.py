@@ -136,12 +136,6 @@ class RowCompact:
         return best if best.crossbars < mapped.crossbars else mapped
 
 
-def stored_values(levels: np.ndarray, cell_bits: int) -> np.ndarray:
-    """(S, G, P, N, M) cell levels -> (S, P, N, M) int64 value stored per sign set."""
-    weights = 1 << (cell_bits * np.arange(levels.shape[1], dtype=np.int64))
-    return np.tensordot(levels.astype(np.int64), weights, axes=([1], [0]))
-
-
 class TileEmpty:
     """Empty the allocation regions whose removal costs least weight error, within a budget.
 
@@ -219,7 +213,7 @@ class _Emptying:
     """
 
     def __init__(self, encoding, original, scale, bits, region):
-        self.values = stored_values(encoding.levels, encoding.cell_bits)
+        self.values = encoding.stored()
         self.groups, self.cell_bits, self.signs = encoding.levels.shape[1], encoding.cell_bits, encoding.signs
         self.offset, self.original = encoding.offset, original
         self.scale = np.broadcast_to(scale, original.shape)

@@ -103,11 +103,14 @@ class Encoding:
     offset: np.ndarray
     cell_bits: int
 
+    def stored(self) -> np.ndarray:
+        """(S, P, N, M) int64 non-negative value each sign set stores."""
+        weights = 1 << (self.cell_bits * np.arange(self.levels.shape[1], dtype=np.int64))
+        return np.tensordot(weights, self.levels.astype(np.int64), axes=([0], [1]))
+
     def decode(self) -> np.ndarray:
         """(P, N, M) int64 weights the encoding represents."""
-        weights = (1 << (self.cell_bits * np.arange(self.levels.shape[1], dtype=np.int64)))
-        per_set = np.tensordot(weights, self.levels.astype(np.int64), axes=([0], [1]))  # (S, P, N, M)
-        return self.offset + np.tensordot(self.signs, per_set, axes=([0], [0]))
+        return self.offset + np.tensordot(self.signs, self.stored(), axes=([0], [0]))
 
 
 @dataclass
