@@ -143,11 +143,12 @@ class TileEmpty:
     block (``column``) or segment-columns (``ou``). Emptying group g of sign set s in a region re-projects
     the region's stored values to the nearest value (``|w| <= 2**(bits-1) - 1``) whose bits lie in the
     groups still allocated there, so no new region is ever allocated; the offset is unchanged.
-    Greedy in rounds: per (sign set, region) the cheapest group is proposed, proposals are accepted
-    cheapest first while the layer's error stays within the budget; stops when a round accepts nothing.
-    Every region frees the same share of a crossbar, so the cheapest error per crossbar saved is the
-    cheapest error. When the emptied regions free no whole crossbar (or the mapper allocates every
-    region anyway, as ``bitplane`` does) the layer is returned unchanged: error is only spent for savings.
+    Greedy in rounds: per (sign set, region) the cheapest group is proposed; proposals are bought a
+    crossbar at a time (tile packing: one region; column/OU packing: the cheapest plane-columns of one
+    row block that bring it below the next multiple of the crossbar width), cheapest crossbar first,
+    while the layer's error stays within the budget; stops when a round accepts nothing. If the result
+    still frees no crossbar (e.g. ``bitplane`` allocates every region anyway) the layer is returned
+    unchanged: error is only spent for savings.
     """
 
     class Params(StrategyParams):
@@ -178,7 +179,9 @@ class TileEmpty:
         original = encoding.decode()
         norm = float(((scale * original) ** 2).sum())
         allowed = np.inf if self.params.budget is None else self.params.budget**2 * norm
-        state = _Emptying(encoding, original, scale, quantized.bits, region_shape(mapped.details["packing"], geometry))
+        packing = mapped.details["packing"]
+        capacity = None if packing == "tile" else geometry.cols  # plane-columns per crossbar (column) or band (ou)
+        state = _Emptying(encoding, original, scale, quantized.bits, region_shape(packing, geometry), capacity)
         while state.round(self.params.threshold, allowed):
             pass
         if state.emptied == 0:
@@ -209,16 +212,19 @@ class _Emptying:
     """Greedy state of :class:`TileEmpty`: stored values (S, P, N, M) being projected region by region.
 
     Each round works on the non-zero cells only (a removal changes nothing else) and sums their
-    error changes per region (s, g, part, row block, column block) with ``bincount``.
+    error changes per region (s, g, part, row block, column block) with ``bincount``. With packed
+    plane-columns (``capacity`` = crossbar columns) removals are accepted a whole crossbar (or OU band)
+    at a time: in each (part, row block) the cheapest proposals that empty enough plane-columns to drop
+    below the next multiple of ``capacity``; ``capacity`` None (tile packing) frees a crossbar per region.
     """
 
-    def __init__(self, encoding, original, scale, bits, region):
+    def __init__(self, encoding, original, scale, bits, region, capacity=None):
         self.values = encoding.stored()
         self.groups, self.cell_bits, self.signs = encoding.levels.shape[1], encoding.cell_bits, encoding.signs
         self.offset, self.original = encoding.offset, original
         self.scale = np.broadcast_to(scale, original.shape)
         self.limit = (1 << (bits - 1)) - 1
-        self.region = region
+        self.region, self.capacity = region, capacity
         self.emptied = 0
 
     def weights(self) -> np.ndarray:
@@ -263,20 +269,53 @@ class _Emptying:
             candidate &= cells <= threshold
         cost = np.where(candidate, cost, np.inf)
         best_group = cost.argmin(axis=1)  # (S, P, NB, MB): one proposal per sign set and region
-        best_cost = cost.min(axis=1).ravel()
-        order = np.argsort(best_cost, kind="stable")
+        best_cost = cost.min(axis=1)
         error = float(((self.scale * (weights - self.original)) ** 2).sum())
-        fits = np.isfinite(best_cost[order]) & (error + np.cumsum(best_cost[order]) <= allowed)
-        accepted_count = int(fits.size if fits.all() else fits.argmin())
+        accepted = self._accept(best_cost, cells, allowed - error)
+        accepted_count = int(accepted.sum())
         if accepted_count == 0:
             return False
-        accepted = np.zeros(best_group.shape, dtype=bool)
-        accepted.flat[order[:accepted_count]] = True
         chosen = accepted[:, None] & (best_group[:, None] == np.arange(n_groups).reshape(-1, 1, 1, 1))
         take = chosen.ravel()[region]
         self.values[s[take], p[take], n[take], m[take]] = np.where(use_ceil, ceil, floor)[take]
         self.emptied += accepted_count
         return True
+
+
+    def _accept(self, cost: np.ndarray, cells: np.ndarray, allowance: float) -> np.ndarray:
+        """(S, P, NB, MB) bool proposals to carry out: whole savings, cheapest first, within ``allowance``.
+
+        cost: (S, P, NB, MB) error of each region's proposal (inf: none); cells: non-zero cells per region.
+        An unlimited allowance (no budget) takes every proposal: the threshold rule alone decides.
+        """
+        if not np.isfinite(allowance):  # threshold rule alone: empty every candidate region
+            return np.isfinite(cost)
+        n_sets, parts, row_blocks, col_blocks = cost.shape
+        if self.capacity is None:  # every region is a crossbar of its own
+            unit = np.arange(cost.size).reshape(cost.shape)
+            need = np.ones(cost.size, dtype=np.int64)
+        else:  # a saving = enough plane-columns of one (part, row block) to drop one crossbar / band
+            unit = np.broadcast_to((np.arange(parts)[:, None] * row_blocks + np.arange(row_blocks))[None, :, :, None],
+                                   cost.shape)
+            in_use = (cells > 0).sum(axis=(0, 1, 4)).ravel()  # occupied plane-columns per (part, row block)
+            need = in_use - (ceil_div(in_use, self.capacity) - 1) * self.capacity
+        flat_cost, flat_unit = cost.ravel(), unit.ravel()
+        order = np.lexsort((flat_cost, flat_unit))  # by unit, then cheapest first
+        sorted_unit = flat_unit[order]
+        first = np.searchsorted(sorted_unit, sorted_unit)  # index where each unit's run starts
+        rank = np.arange(order.size) - first
+        chosen = (rank < need[sorted_unit]) & np.isfinite(flat_cost[order])
+        n_units = need.size
+        unit_cost = np.bincount(sorted_unit[chosen], flat_cost[order][chosen], minlength=n_units)
+        complete = np.bincount(sorted_unit[chosen], minlength=n_units) == need
+        unit_cost = np.where(complete & (need > 0), unit_cost, np.inf)
+        unit_order = np.argsort(unit_cost, kind="stable")
+        fits = np.isfinite(unit_cost[unit_order]) & (np.cumsum(unit_cost[unit_order]) <= allowance)
+        taken_units = np.zeros(n_units, dtype=bool)
+        taken_units[unit_order[: int(fits.size if fits.all() else fits.argmin())]] = True
+        accepted = np.zeros(cost.size, dtype=bool)
+        accepted[order[chosen & taken_units[sorted_unit]]] = True
+        return accepted.reshape(cost.shape)
 
 
 class SmeSqueezer:

@@ -178,3 +178,22 @@ def test_tile_empty_spends_no_error_without_saving_a_crossbar():
     mapper = sme("column")
     mapped = mapper.map(quantized(w), GEOMETRY)
     assert TileEmpty(TileEmpty.Params(budget=0.1)).squeeze(mapped, mapper) is mapped
+
+
+def test_tile_empty_spends_its_budget_on_whole_crossbars():
+    # two row blocks of 64 rows, each with 32 plane-1 columns plus two lone bit-0 columns (34 > 32: two
+    # crossbars each). Emptying one lone column costs 1 (column 0) or 1.21 (column 1, scale 1.1); the
+    # budget pays for one block's pair (2.21), not the two cheapest singles spread over both blocks.
+    w = np.full((1, 128, 32), 2, dtype=np.int64)
+    w[0, [5, 70], 0] = 3
+    w[0, [6, 71], 1] = 3
+    scale = np.ones((1, 1, 32))
+    scale[0, 0, 1] = 1.1
+    q = quantized(w, scale=scale)
+    mapper = sme("column")
+    mapped = mapper.map(q, GEOMETRY)
+    norm = float(((scale * w) ** 2).sum())
+    squeezed = TileEmpty(TileEmpty.Params(budget=(2.5 / norm) ** 0.5)).squeeze(mapped, mapper)
+    assert (mapped.crossbars, squeezed.crossbars) == (4, 3)
+    assert squeezed.details["emptied_regions"] == 2
+    assert np.count_nonzero(squeezed.quantized.w_int != w) == 2
