@@ -100,7 +100,11 @@ def _check_cell_bits(cell_bits: int) -> int:
 
 
 class _Mapper:
-    """Shared ``map`` of every mapper."""
+    """Shared construction and ``map`` of every mapper."""
+
+    def __init__(self, params):
+        self.params = params
+        self.sign = params.sign
 
     def map(self, q: QuantizedLayer, geometry: Geometry) -> MappedLayer:
         """Encode and place ``q`` on crossbars of ``geometry``."""
@@ -123,10 +127,6 @@ class IsaacMapper(_Mapper):
 
     label = "isaac"
     packing = "tile"
-
-    def __init__(self, params: Params):
-        self.params = params
-        self.sign = params.sign
 
     def encode(self, q: QuantizedLayer, geometry: Geometry) -> Encoding:
         """``q.w_int`` re-encoded at ``weight_bits`` bits on cells of ``cell_bits`` bits."""
@@ -167,10 +167,6 @@ class _BitSliceMapper(_Mapper):
     """Bit-slice encoding shared by ``bitplane`` and ``sme``: the quantizer's bits on the cell model's cells."""
 
     packing = "tile"
-
-    def __init__(self, params):
-        self.params = params
-        self.sign = params.sign
 
     def read_rows(self, geometry: Geometry) -> int:
         """Rows summed by one ADC read (also the segment of the segment-offset scheme)."""
@@ -277,8 +273,7 @@ class HybridMapper(_Mapper):
     label = "hybrid"
 
     def __init__(self, params: Params):
-        self.params = params
-        self.sign = params.sign
+        super().__init__(params)
         self.packing = params.packing
         self.isaac = IsaacMapper(IsaacMapper.Params(sign=params.isaac_sign))
         self.sme = SmeMapper(SmeMapper.Params(sign=params.sign, packing=params.packing))
