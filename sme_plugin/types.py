@@ -114,55 +114,148 @@ class Encoding:
 
 
 @dataclass
+class Placement:
+    """The physical placement of one mapped layer: every occupied cell of every crossbar, read by read.
+
+    The one physical truth behind a mapping: crossbar counts, reads, ADC conversions and resolution,
+    latency, energy, area, index memory and the host's simulation all derive from it.
+
+    A *read* drives up to K rows of one crossbar together (each row from one input, through its wordline)
+    and converts up to J of that crossbar's columns, one ADC conversion per non-empty column sum. A column
+    slot of a read holds cells of one sign set and one cell group of one logical output column, so a
+    column sum never mixes cells whose currents carry different weights. The cell of read r, row slot k,
+    column slot j sits at (``crossbar[r]``, ``row[r, k]``, ``col[r, j]``); it exists iff both slots are used
+    (``row >= 0`` and ``col >= 0``) and is programmed to ``levels[r, k, j]`` (level-0 cells exist and
+    conduct the off current). It stores group ``group[r, j]`` of sign set ``sign_set[r, j]`` of the weight
+    at logical (part p, row n, column m) with ``input[r, k] == p*N + n`` and ``output[r, j] == p*M + m``.
+
+    Shapes: R reads, K row slots and J column slots per read (unused slots are -1), (P, N, M) the layer's
+    logical weight shape, S sign sets.
+
+    Attributes
+    ----------
+    shape : (P, N, M) logical weight shape.
+    rows, cols : crossbar size in cells.
+    crossbars : number of physical crossbars (ids 0 .. crossbars-1).
+    crossbar : (R,) int64 crossbar of each read.
+    row, col : (R, K), (R, J) int32 physical row / column of each slot in its crossbar, -1 unused.
+    input, output : (R, K), (R, J) int64 flat logical input (p*N + n) / output (p*M + m), -1 unused.
+    sign_set, group : (R, J) int8 sign set and cell group of each column slot (0 where unused).
+    levels : (R, K, J) uint8 programmed cell levels (0 in unused slots).
+    signs : (S,) int64 sign (+1/-1) of each sign set.
+    cell_bits : bits per cell; group g weighs ``2**(cell_bits*g)``.
+    offset : (P, N, M) int64 digital offset of each weight (added back as ``x @ offset`` by the periphery).
+    offset_segment : (P, N) int64 correction segment of each logical row: one correction
+        ``o * sum(x over the segment's rows)`` per (segment, column, distinct non-zero offset o).
+    index_bits : routing memory in bits (row-select indices, column tags) this arrangement needs.
+    """
+
+    shape: tuple
+    rows: int
+    cols: int
+    crossbars: int
+    crossbar: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    input: np.ndarray
+    output: np.ndarray
+    sign_set: np.ndarray
+    group: np.ndarray
+    levels: np.ndarray
+    signs: np.ndarray
+    cell_bits: int
+    offset: np.ndarray
+    offset_segment: np.ndarray
+    index_bits: int = 0
+
+    @property
+    def reads(self) -> int:
+        return len(self.crossbar)
+
+    def present(self) -> np.ndarray:
+        """(R, K, J) bool: the cells that exist (row and column slot both used)."""
+        return (self.row >= 0)[:, :, None] & (self.col >= 0)[:, None, :]
+
+    def coefficients(self) -> np.ndarray:
+        """(R, J) int64 splice weight of each column slot: ``sign * 2**(cell_bits*group)`` (0 unused)."""
+        weight = self.signs[self.sign_set] << (self.cell_bits * self.group.astype(np.int64))
+        return np.where(self.col >= 0, weight, 0)
+
+    def active_cells(self) -> np.ndarray:
+        """(R, J) int64 non-zero cells each column sum adds (0: the column needs no conversion)."""
+        return np.count_nonzero(self.levels, axis=1)
+
+    def full_scale(self, dac_bits: int) -> np.ndarray:
+        """(R, J) float64 largest ideal column sum of each read column, in level*input units:
+        active cells * (2**cell_bits - 1) * (2**dac_bits - 1) (the lossless ADC range)."""
+        return self.active_cells() * float(((1 << self.cell_bits) - 1) * ((1 << dac_bits) - 1))
+
+    def reads_per_crossbar(self) -> np.ndarray:
+        """(crossbars,) int64 reads each crossbar performs per input cycle."""
+        return np.bincount(self.crossbar, minlength=self.crossbars)
+
+    def weights(self) -> np.ndarray:
+        """(P, N, M) int64 weights the cells and offsets represent (vectorized; the placement checker
+        rebuilds them independently, read by read)."""
+        parts, rows, cols = self.shape
+        flat = self.offset.astype(np.int64).ravel().copy()
+        value = self.levels.astype(np.int64) * self.coefficients()[:, None, :]
+        r, k, j = np.nonzero(value)
+        part, n = np.divmod(self.input[r, k], rows)
+        np.add.at(flat, (part * rows + n) * cols + self.output[r, j] % cols, value[r, k, j])
+        return flat.reshape(self.shape)
+
+
+@dataclass
 class MappedLayer:
     """A layer placed on crossbars.
 
-    quantized: the integer weights the crossbars reproduce (after orchestration and squeeze-out),
-    in the layer's original row/column order.
-    encoding: their cell levels in physical order:
-    ``encoding.decode()[p, i, j] == quantized.w_int[p, row_order[p, i], col_order[p, j]]``.
-    present: (S, G, P, N, M) bool, cells that exist on some crossbar (absent cells hold level 0 and
-    draw no current: unallocated plane-tiles, plane-columns or compacted rows).
-    read_rows: rows summed by one ADC read (crossbar rows, or OU rows); rows are grouped into read
-    groups of ``read_rows`` consecutive physical rows.
-    row_order: (P, N) int64 or None, original row index of each physical row.
-    col_order: (P, M) int64 or None, original column index of each physical column.
-    crossbars: crossbars this layer occupies.
-    index_bits: extra index memory (bits) needed to route inputs/outputs (squeeze-out overhead).
-    digital_ops: additions done in the digital periphery per output position (offset corrections).
+    quantized: the integer weights the crossbars reproduce (after orchestration and squeeze-out).
+    encoding: their cell levels in logical order (``encoding.decode() == quantized.w_int``).
+    placement: where every cell sits and how it is read (the physical truth of every count and cost).
+    layout: the mapper's layout rules the placement follows (squeezers re-place under the same rules).
     label: mapping label used in reports, e.g. "isaac", "sme".
-    details: free-form facts for the report (packing, sign scheme, ...), JSON-serialisable.
+    details: facts for the report (packing, sign scheme, squeeze steps, ...), JSON-serialisable.
     """
 
     quantized: QuantizedLayer
     encoding: Encoding
-    present: np.ndarray
-    geometry: Geometry
-    read_rows: int
-    crossbars: int
+    placement: Placement
+    layout: "Layout"
     label: str
-    row_order: np.ndarray | None = None
-    col_order: np.ndarray | None = None
-    index_bits: int = 0
-    digital_ops: int = 0
     details: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.quantized.layer.name
 
+    @property
+    def crossbars(self) -> int:
+        return self.placement.crossbars
+
 
 @dataclass(frozen=True)
-class MappingContext:
-    """What an orchestrator knows of the configured mapping (plain data, no mapper object).
+class Layout:
+    """The layout rules of a mapping that orchestrators and squeezers ask for (owned by the mapper).
 
-    sign: the mapper's sign scheme (see :mod:`sme_plugin.signs`); packing: ``tile``, ``column`` or
-    ``ou`` (``isaac``/``bitplane`` mappers report ``tile``).
+    sign: sign scheme (:mod:`sme_plugin.signs`); packing: allocation unit of a sparse mapping (``tile``:
+    plane-tile, ``column``: plane-column of a row block, ``ou``: segment-column of an operation unit) or
+    ``dense`` (every cell allocated: orchestration and squeeze-out save nothing there).
+    geometry: crossbar size and cell bits; read_rows: rows summed by one read, also the segment height of
+    the ``segment-offset`` scheme; region: (rows, cols) of the allocation unit; capacity: allocation units
+    sharing one crossbar (column packing) or one band (OU packing), None for tile packing.
     """
 
+    sign: str
+    packing: str
     geometry: Geometry
-    sign: str = "differential"
-    packing: str = "column"
+    read_rows: int
+    region: tuple
+    capacity: int | None
+
+    @property
+    def sparse(self) -> bool:
+        return self.packing != "dense"
 
 
 @dataclass
