@@ -1,30 +1,36 @@
-"""Crossbar mappers: place a layer's cell levels on ``rows x cols`` crossbars and count them.
+"""Crossbar mappers: place a layer's cell levels on ``rows x cols`` crossbars.
 
-A crossbar holds ``geometry.rows x geometry.cols`` cells. Rows are tiled in row blocks of
-``geometry.rows`` per part; parts never share a crossbar. Every mapper offers
+Every mapper owns its layout rules and offers
 
-- ``encode(q, geometry) -> Encoding``: :func:`sme_plugin.signs.encode` under the mapper's sign scheme,
-  with segments of the mapper's read rows;
-- ``place(q, encoding, geometry) -> MappedLayer``: presence, read rows, crossbar count and index cost,
-  all derived from ``encoding`` (levels in physical order); squeezers call it after changing levels;
-- ``map(q, geometry) -> MappedLayer`` = ``place(q, encode(q, geometry), geometry)``;
-- attributes ``label`` (report label), ``packing`` (``tile``, ``column`` or ``ou``) and ``sign``.
+- ``layout(q, geometry) -> Layout``: the rules orchestrators and squeezers ask for (sign scheme,
+  allocation unit, read height = segment of the segment-offset scheme, packing capacity);
+- ``encode(q, layout) -> Encoding``: :func:`sme_plugin.signs.encode` under the layout's sign scheme;
+- ``place(q, encoding, layout) -> MappedLayer``: the explicit :class:`~sme_plugin.types.Placement` of
+  the encoding's cells (squeezers call it after changing levels);
+- ``map(q, geometry, layout=None)`` = ``place(q, encode(q, layout), layout)``;
+- attributes ``label`` (report label), ``sign`` and ``packing``.
 
-Mappers: ``isaac`` (dense, a weight's cells adjacent in one crossbar row), ``bitplane`` (bit-slice, every
-plane-tile allocated), ``sme`` (bit-slice, only non-empty plane-tiles / plane-columns / segment-columns
-allocated) and ``hybrid`` (per layer the cheaper of ``isaac`` and ``sme``).
+Mappers (parts never share a crossbar; rows are tiled in row blocks of the read height):
 
-Index accounting (bits of routing memory, reported as ``index_bits``):
+- ``isaac``: dense; a weight's ``S*G`` cells adjacent in one crossbar row, ``cols // (S*G)`` weights per
+  row, one read of all rows per crossbar;
+- ``bitplane``: dense bit-slice; one crossbar per (sign set, cell group, row block, column block);
+- ``sme``: sparse bit-slice, only occupied allocation units placed:
+  ``tile``: one crossbar per non-empty plane-tile; ``column``: the non-empty plane-columns of each row
+  block packed densely, ``cols`` to a crossbar; ``ou``: the non-empty segment-columns of each
+  ``ou_rows``-row segment packed into bands of ``cols`` columns, ``rows // ou_rows`` bands stacked per
+  crossbar, one read per band;
+- ``hybrid``: per layer, before any error is spent, the cheaper of ``isaac`` and ``sme`` on the
+  quantizer's weights; a layer that goes dense keeps its exact weights (its layout is ``dense``).
 
-- ``tile`` packing: none (a crossbar holds one whole plane-tile; its routing is fixed per crossbar);
-- ``column`` packing: an output tag per non-empty plane-column of ``ceil(log2 M)`` (output column)
-  + ``ceil(log2 G)`` (shift) + ``ceil(log2 S)`` (sign) bits;
-- ``ou`` packing: that tag per non-empty segment-column, plus an input-select index of
-  ``ceil(log2 N)`` bits per row of every band.
+Routing memory (``index_bits``): ``column`` and ``ou`` packing tag every used column slot with its output
+column, cell group and sign set (``ceil(log2 M) + ceil(log2 G) + ceil(log2 S)`` bits); ``ou`` bands also
+select the input of every used row slot (``ceil(log2 N)`` bits). Fixed wiring (tiles, dense) needs none.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
@@ -33,44 +39,18 @@ from pydantic import Field
 from . import signs
 from .hookspecs import hookimpl
 from .params import StrategyParams
-from .types import Encoding, Geometry, MappedLayer, QuantizedLayer
+from .placement import assemble, bands_on_crossbars, block_rows, ceil_div, index_bits_for, pack_columns
+from .types import Encoding, Geometry, Layout, MappedLayer, QuantizedLayer
 
 SignScheme = Literal["differential", "offset", "segment-offset"]
 Packing = Literal["tile", "column", "ou"]
-
-
-def ceil_div(a, b):
-    """Elementwise ``ceil(a / b)`` for non-negative integers (arrays or ints)."""
-    return -(-a // b)
-
-
-def index_bits_for(count: int) -> int:
-    """Bits of an index that addresses ``count`` items (0 for a single item)."""
-    return int(count - 1).bit_length() if count > 1 else 0
-
-
-def block_reduce(array: np.ndarray, block_rows: int, block_cols: int, reducer=np.any) -> np.ndarray:
-    """(..., N, M) -> (..., ceil(N/block_rows), ceil(M/block_cols)) reduced over each block.
-
-    The array is zero-padded to whole blocks, so ``reducer`` must ignore zeros (``any``, ``sum``).
-    """
-    *lead, rows, cols = array.shape
-    blocks_r, blocks_c = ceil_div(rows, block_rows), ceil_div(cols, block_cols)
-    pad = [(0, 0)] * len(lead) + [(0, blocks_r * block_rows - rows), (0, blocks_c * block_cols - cols)]
-    tiled = np.pad(array, pad).reshape(*lead, blocks_r, block_rows, blocks_c, block_cols)
-    return reducer(tiled, axis=(-3, -1))
-
-
-def block_expand(blocks: np.ndarray, block_rows: int, block_cols: int, rows: int, cols: int) -> np.ndarray:
-    """Inverse of :func:`block_reduce`'s tiling: (..., NB, MB) -> (..., rows, cols), one value per block."""
-    return np.repeat(np.repeat(blocks, block_rows, axis=-2), block_cols, axis=-1)[..., :rows, :cols]
 
 
 def region_shape(packing: str, geometry: Geometry) -> tuple[int, int]:
     """(rows, cols) of the unit a packing allocates: plane-tile, plane-column of a row block, or segment-column."""
     if geometry.rows < 1 or geometry.cols < 1:
         raise ValueError(f"crossbar must have at least one row and column, got {geometry.rows}x{geometry.cols}")
-    if packing == "tile":
+    if packing in ("tile", "dense"):
         return geometry.rows, geometry.cols
     if packing == "column":
         return geometry.rows, 1
@@ -81,16 +61,12 @@ def region_shape(packing: str, geometry: Geometry) -> tuple[int, int]:
     raise ValueError(f"unknown packing {packing!r}; choose tile, column or ou")
 
 
-def digital_ops(offset: np.ndarray, read_rows: int) -> int:
-    """Offset corrections per output position: distinct non-zero offsets per (read group, column).
-
-    offset: (P, N, M) int64 in physical order. A (segment, column) whose rows share one offset ``o``
-    needs one correction ``o * sum(x over the segment)``; reordered rows may hold several.
-    """
-    ordered = np.sort(signs.segment_view(offset, read_rows), axis=2)  # (P, segments, read_rows, M)
-    new = np.ones(ordered.shape, dtype=bool)
-    new[:, :, 1:] = ordered[:, :, 1:] != ordered[:, :, :-1]
-    return int((new & (ordered != 0)).sum())
+def block_any(array: np.ndarray, block_rows_: int, block_cols: int) -> np.ndarray:
+    """(..., N, M) bool -> (..., ceil(N/block_rows), ceil(M/block_cols)): any True in each block."""
+    *lead, rows, cols = array.shape
+    blocks_r, blocks_c = ceil_div(rows, block_rows_), ceil_div(cols, block_cols)
+    pad = [(0, 0)] * len(lead) + [(0, blocks_r * block_rows_ - rows), (0, blocks_c * block_cols - cols)]
+    return np.pad(array, pad).reshape(*lead, blocks_r, block_rows_, blocks_c, block_cols).any(axis=(-3, -1))
 
 
 def _check_cell_bits(cell_bits: int) -> int:
@@ -99,23 +75,65 @@ def _check_cell_bits(cell_bits: int) -> int:
     return cell_bits
 
 
+def tile_reads(encoding: Encoding, layout: Layout, tiles: np.ndarray) -> dict:
+    """Reads of whole plane-tiles: one crossbar per True entry of ``tiles`` (S, G, P, RB, CB)."""
+    rows, cols = layout.geometry.rows, layout.geometry.cols
+    _, _, _, n_rows, n_cols = encoding.levels.shape
+    s, g, p, rb, cb = np.nonzero(tiles)
+    column = cb[:, None] * cols + np.arange(cols)
+    logical = block_rows(rb, rows, n_rows)
+    return dict(
+        part=p,
+        logical_rows=logical,
+        physical_rows=np.broadcast_to(np.arange(rows), logical.shape),
+        crossbar=np.arange(len(p)),
+        crossbars=len(p),
+        column=np.where(column < n_cols, column, -1),
+        sign_set=np.broadcast_to(s[:, None], column.shape),
+        group=np.broadcast_to(g[:, None], column.shape),
+    )
+
+
 class _Mapper:
-    """Shared construction and ``map`` of every mapper."""
+    """Shared construction, ``encode`` and ``map`` of every mapper."""
+
+    packing = "dense"
 
     def __init__(self, params):
         self.params = params
         self.sign = params.sign
 
-    def map(self, q: QuantizedLayer, geometry: Geometry) -> MappedLayer:
-        """Encode and place ``q`` on crossbars of ``geometry``."""
-        return self.place(q, self.encode(q, geometry), geometry)
+    def layout(self, q: QuantizedLayer, geometry: Geometry) -> Layout:
+        """The layout rules this mapper places ``q`` under."""
+        region = region_shape(self.packing, geometry)
+        _check_cell_bits(geometry.cell_bits)
+        read_rows = geometry.ou_rows if self.packing == "ou" else geometry.rows
+        capacity = geometry.cols if self.packing in ("column", "ou") else None
+        return Layout(sign=self.sign, packing=self.packing, geometry=geometry, read_rows=read_rows,
+                      region=region, capacity=capacity)
+
+    def encode(self, q: QuantizedLayer, layout: Layout) -> Encoding:
+        """``q.w_int`` as cell levels of the layout's cells under its sign scheme."""
+        return signs.encode(q.w_int, q.layer.mask, q.bits, layout.geometry.cell_bits, layout.sign, layout.read_rows)
+
+    def map(self, q: QuantizedLayer, geometry: Geometry, layout: Layout | None = None) -> MappedLayer:
+        """Encode and place ``q`` (under ``layout``, default: this mapper's layout for ``q``)."""
+        layout = self.layout(q, geometry) if layout is None else layout
+        return self.place(q, self.encode(q, layout), layout)
+
+    def _mapped(self, q, encoding, layout, reads: dict, index_bits: int = 0, **details) -> MappedLayer:
+        geometry = layout.geometry
+        placement = assemble(encoding, rows=geometry.rows, cols=geometry.cols, segment_rows=layout.read_rows,
+                             index_bits=index_bits, **reads)
+        return MappedLayer(
+            quantized=q, encoding=encoding, placement=placement, layout=layout, label=self.label,
+            details={"packing": layout.packing, "sign": layout.sign, "cell_bits": encoding.cell_bits,
+                     "crossbar": f"{geometry.rows}x{geometry.cols}", **details},
+        )
 
 
 class IsaacMapper(_Mapper):
-    """ISAAC-style dense mapping: a weight's ``S*G`` cells adjacent in one crossbar row.
-
-    crossbars = sum over parts of ``ceil(N/rows) * ceil(M / (cols // (S*G)))``; every cell is present.
-    """
+    """ISAAC-style dense mapping: a weight's ``S*G`` cells adjacent in one crossbar row."""
 
     class Params(StrategyParams):
         """sign: sign scheme. weight_bits: bits per weight incl. sign (None: the quantizer's bits;
@@ -126,80 +144,45 @@ class IsaacMapper(_Mapper):
         cell_bits: int | None = Field(None, ge=1, le=8)
 
     label = "isaac"
-    packing = "tile"
 
-    def encode(self, q: QuantizedLayer, geometry: Geometry) -> Encoding:
-        """``q.w_int`` re-encoded at ``weight_bits`` bits on cells of ``cell_bits`` bits."""
+    def _weight_bits(self, q: QuantizedLayer) -> int:
         weight_bits = self.params.weight_bits or q.bits
         if weight_bits < q.bits:
             raise ValueError(f"isaac weight_bits={weight_bits} is below the quantizer's {q.bits} bits")
-        cell_bits = _check_cell_bits(self.params.cell_bits or geometry.cell_bits)
-        return signs.encode(q.w_int, q.layer.mask, weight_bits, cell_bits, self.sign, geometry.rows)
+        return weight_bits
 
-    def place(self, q: QuantizedLayer, encoding: Encoding, geometry: Geometry) -> MappedLayer:
-        n_sets, n_groups, parts, rows, cols = encoding.levels.shape
-        per_row = geometry.cols // (n_sets * n_groups)
+    def layout(self, q: QuantizedLayer, geometry: Geometry) -> Layout:
+        cell_bits = self.params.cell_bits or geometry.cell_bits
+        return super().layout(q, replace(geometry, cell_bits=_check_cell_bits(cell_bits)))
+
+    def encode(self, q: QuantizedLayer, layout: Layout) -> Encoding:
+        """``q.w_int`` re-encoded at ``weight_bits`` bits on the layout's cells."""
+        return signs.encode(q.w_int, q.layer.mask, self._weight_bits(q), layout.geometry.cell_bits, layout.sign,
+                            layout.read_rows)
+
+    def place(self, q: QuantizedLayer, encoding: Encoding, layout: Layout) -> MappedLayer:
+        n_sets, n_groups, parts, n_rows, n_cols = encoding.levels.shape
+        rows, cols = layout.geometry.rows, layout.geometry.cols
+        cells = n_sets * n_groups
+        per_row = cols // cells
         if per_row == 0:
-            raise ValueError(
-                f"isaac: a weight needs {n_sets * n_groups} cells, more than the {geometry.cols} crossbar columns"
-            )
-        crossbars = parts * ceil_div(rows, geometry.rows) * ceil_div(cols, per_row)
-        return MappedLayer(
-            quantized=q,
-            encoding=encoding,
-            present=np.ones(encoding.levels.shape, dtype=bool),
-            geometry=geometry,
-            read_rows=geometry.rows,
-            crossbars=int(crossbars),
-            label=self.label,
-            digital_ops=digital_ops(encoding.offset, geometry.rows),
-            details={
-                "sign": self.sign,
-                "cell_bits": encoding.cell_bits,
-                "weight_bits": self.params.weight_bits or q.bits,
-                "weights_per_row": per_row,
-                "crossbar": f"{geometry.rows}x{geometry.cols}",
-            },
+            raise ValueError(f"isaac: a weight needs {cells} cells, more than the {cols} crossbar columns")
+        row_blocks, col_blocks = ceil_div(n_rows, rows), ceil_div(n_cols, per_row)
+        p, rb, cb = (a.ravel() for a in np.indices((parts, row_blocks, col_blocks)))
+        slot = np.arange(per_row * cells)
+        column = cb[:, None] * per_row + slot // cells
+        logical = block_rows(rb, rows, n_rows)
+        reads = dict(
+            part=p, logical_rows=logical, physical_rows=np.broadcast_to(np.arange(rows), logical.shape),
+            crossbar=np.arange(len(p)), crossbars=len(p), column=np.where(column < n_cols, column, -1),
+            sign_set=np.broadcast_to(slot // n_groups % n_sets, column.shape),
+            group=np.broadcast_to(slot % n_groups, column.shape),
         )
+        return self._mapped(q, encoding, layout, reads, weight_bits=self._weight_bits(q), weights_per_row=per_row)
 
 
-class _BitSliceMapper(_Mapper):
-    """Bit-slice encoding shared by ``bitplane`` and ``sme``: the quantizer's bits on the cell model's cells."""
-
-    packing = "tile"
-
-    def read_rows(self, geometry: Geometry) -> int:
-        """Rows summed by one ADC read (also the segment of the segment-offset scheme)."""
-        return geometry.rows
-
-    def encode(self, q: QuantizedLayer, geometry: Geometry) -> Encoding:
-        cell_bits = _check_cell_bits(geometry.cell_bits)
-        return signs.encode(q.w_int, q.layer.mask, q.bits, cell_bits, self.sign, self.read_rows(geometry))
-
-    def _mapped(self, q, encoding, geometry, present, crossbars, index_bits=0) -> MappedLayer:
-        read_rows = self.read_rows(geometry)
-        return MappedLayer(
-            quantized=q,
-            encoding=encoding,
-            present=present,
-            geometry=geometry,
-            read_rows=read_rows,
-            crossbars=int(crossbars),
-            label=self.label,
-            index_bits=int(index_bits),
-            digital_ops=digital_ops(encoding.offset, read_rows),
-            details={
-                "packing": self.packing,
-                "sign": self.sign,
-                "cell_bits": encoding.cell_bits,
-                "crossbar": f"{geometry.rows}x{geometry.cols}",
-                "ou_rows": geometry.ou_rows,
-            },
-        )
-
-
-class BitplaneMapper(_BitSliceMapper):
-    """Dense bit-slice mapping: every plane-tile allocated, ``S*G*sum_parts ceil(N/rows)*ceil(M/cols)``."""
+class BitplaneMapper(_Mapper):
+    """Dense bit-slice mapping: one crossbar per (sign set, cell group, part, row block, column block)."""
 
     class Params(StrategyParams):
         """sign: sign scheme."""
@@ -208,22 +191,15 @@ class BitplaneMapper(_BitSliceMapper):
 
     label = "bitplane"
 
-    def place(self, q: QuantizedLayer, encoding: Encoding, geometry: Geometry) -> MappedLayer:
-        n_sets, n_groups, parts, rows, cols = encoding.levels.shape
-        region_shape("tile", geometry)  # validates the crossbar size
-        crossbars = n_sets * n_groups * parts * ceil_div(rows, geometry.rows) * ceil_div(cols, geometry.cols)
-        return self._mapped(q, encoding, geometry, np.ones(encoding.levels.shape, dtype=bool), crossbars)
+    def place(self, q: QuantizedLayer, encoding: Encoding, layout: Layout) -> MappedLayer:
+        n_sets, n_groups, parts, n_rows, n_cols = encoding.levels.shape
+        rows, cols = layout.region
+        tiles = np.ones((n_sets, n_groups, parts, ceil_div(n_rows, rows), ceil_div(n_cols, cols)), dtype=bool)
+        return self._mapped(q, encoding, layout, tile_reads(encoding, layout, tiles))
 
 
-class SmeMapper(_BitSliceMapper):
-    """Sparse bit-slice mapping: only non-empty regions of the packing are allocated.
-
-    - ``tile``: one crossbar per non-empty plane-tile (s, g, part, row block, column block);
-    - ``column``: per (part, row block), the non-empty plane-columns packed densely:
-      ``ceil(nonempty / cols)`` crossbars each;
-    - ``ou``: per (part, segment of ``ou_rows`` rows), ``ceil(nonempty segment-columns / cols)`` bands;
-      per part ``ceil(bands / (rows // ou_rows))`` crossbars; reads ``ou_rows`` rows at a time.
-    """
+class SmeMapper(_Mapper):
+    """Sparse bit-slice mapping: only the occupied allocation units of the packing are placed."""
 
     class Params(StrategyParams):
         """sign: sign scheme. packing: allocation unit (plane-tile, plane-column, operation-unit band)."""
@@ -237,31 +213,30 @@ class SmeMapper(_BitSliceMapper):
         super().__init__(params)
         self.packing = params.packing
 
-    def read_rows(self, geometry: Geometry) -> int:
-        return geometry.ou_rows if self.packing == "ou" else geometry.rows
-
-    def place(self, q: QuantizedLayer, encoding: Encoding, geometry: Geometry) -> MappedLayer:
-        n_sets, n_groups, _, n_rows, n_cols = encoding.levels.shape
-        region_rows, region_cols = region_shape(self.packing, geometry)
-        occupied = block_reduce(encoding.levels != 0, region_rows, region_cols)  # (S, G, P, NB, MB)
-        present = block_expand(occupied, region_rows, region_cols, n_rows, n_cols)
-        if self.packing == "tile":
-            return self._mapped(q, encoding, geometry, present, occupied.sum())
-        per_block = occupied.sum(axis=(0, 1, 4))  # (P, NB) non-empty plane-/segment-columns
-        tags = int(occupied.sum()) * (index_bits_for(n_cols) + index_bits_for(n_groups) + index_bits_for(n_sets))
-        bands = ceil_div(per_block, geometry.cols)
-        if self.packing == "column":
-            return self._mapped(q, encoding, geometry, present, bands.sum(), tags)
-        crossbars = ceil_div(bands.sum(axis=1), geometry.rows // geometry.ou_rows).sum()
-        selects = int(bands.sum()) * geometry.ou_rows * index_bits_for(n_rows)
-        return self._mapped(q, encoding, geometry, present, crossbars, tags + selects)
+    def place(self, q: QuantizedLayer, encoding: Encoding, layout: Layout) -> MappedLayer:
+        n_sets, n_groups, parts, n_rows, n_cols = encoding.levels.shape
+        geometry, (region_rows, region_cols) = layout.geometry, layout.region
+        occupied = block_any(encoding.levels != 0, region_rows, region_cols)  # (S, G, P, NB, MB)
+        if layout.packing == "tile":
+            return self._mapped(q, encoding, layout, tile_reads(encoding, layout, occupied))
+        part, block, column, sign_set, group = pack_columns(occupied, layout.capacity)
+        logical = block_rows(block, region_rows, n_rows)
+        tag_bits = index_bits_for(n_cols) + index_bits_for(n_groups) + index_bits_for(n_sets)
+        index_bits = int((column >= 0).sum()) * tag_bits
+        if layout.packing == "column":
+            crossbar, band, crossbars = np.arange(len(part)), np.zeros(len(part), dtype=np.int64), len(part)
+        else:  # ou: bands stacked on crossbars; each band row selects its input
+            crossbar, band, crossbars = bands_on_crossbars(part, parts, geometry.rows // region_rows)
+            index_bits += int((logical >= 0).sum()) * index_bits_for(n_rows)
+        reads = dict(part=part, logical_rows=logical, physical_rows=band[:, None] * region_rows + np.arange(region_rows),
+                     crossbar=crossbar, crossbars=crossbars, column=column, sign_set=sign_set, group=group)
+        return self._mapped(q, encoding, layout, reads, index_bits, ou_rows=geometry.ou_rows)
 
 
 class HybridMapper(_Mapper):
-    """Per layer the cheaper (fewer crossbars) of ``isaac`` (same weight bits) and ``sme``.
-
-    ``encode``/``place`` are those of ``sme`` (what squeezers re-place); ``details["chosen"]`` names the pick.
-    """
+    """Per layer the cheaper (fewer crossbars) of ``isaac`` (same weight bits) and ``sme``, decided on the
+    weights ``layout`` is asked for (the quantizer's, before orchestration spends error): a layer that
+    goes dense gets the ``dense`` layout, which orchestrators and squeezers leave exact."""
 
     class Params(StrategyParams):
         """sign, packing: of the ``sme`` candidate. isaac_sign: sign scheme of the ``isaac`` candidate."""
@@ -278,22 +253,22 @@ class HybridMapper(_Mapper):
         self.isaac = IsaacMapper(IsaacMapper.Params(sign=params.isaac_sign))
         self.sme = SmeMapper(SmeMapper.Params(sign=params.sign, packing=params.packing))
 
-    def encode(self, q: QuantizedLayer, geometry: Geometry) -> Encoding:
-        return self.sme.encode(q, geometry)
+    def _choice(self, layout: Layout) -> _Mapper:
+        return self.isaac if layout.packing == "dense" else self.sme
 
-    def place(self, q: QuantizedLayer, encoding: Encoding, geometry: Geometry) -> MappedLayer:
-        return self._relabel(self.sme.place(q, encoding, geometry), "sme")
+    def layout(self, q: QuantizedLayer, geometry: Geometry) -> Layout:
+        sparse = self.sme.layout(q, geometry)
+        dense = self.isaac.layout(q, geometry)
+        return sparse if self.sme.map(q, geometry, sparse).crossbars < self.isaac.map(q, geometry, dense).crossbars \
+            else dense
 
-    def map(self, q: QuantizedLayer, geometry: Geometry) -> MappedLayer:
-        dense = self.isaac.map(q, geometry)
-        sparse = self.sme.map(q, geometry)
-        if sparse.crossbars < dense.crossbars:
-            return self._relabel(sparse, "sme")
-        return self._relabel(dense, "isaac")
+    def encode(self, q: QuantizedLayer, layout: Layout) -> Encoding:
+        return self._choice(layout).encode(q, layout)
 
-    def _relabel(self, mapped: MappedLayer, chosen: str) -> MappedLayer:
+    def place(self, q: QuantizedLayer, encoding: Encoding, layout: Layout) -> MappedLayer:
+        mapped = self._choice(layout).place(q, encoding, layout)
+        mapped.details["chosen"] = mapped.label
         mapped.label = self.label
-        mapped.details["chosen"] = chosen
         return mapped
 
 

@@ -1,15 +1,16 @@
 """Squeeze-out: empty sparse regions and compact the rows of a mapped layer.
 
 Interface: ``squeeze(mapped, mapper) -> MappedLayer``, ``mapper`` being the configured mapper (its
-``place`` recounts crossbars after levels change). Every squeezer keeps the invariant of
-:class:`~sme_plugin.types.MappedLayer` (the encoding decodes, in physical order, to ``quantized.w_int``)
-and never increases the crossbar count. Dense mappings (no ``details["packing"]``: ``isaac``, or
-``hybrid`` when it chose ``isaac``) are returned unchanged. ``details["squeeze"]`` lists the steps applied.
+``place`` re-places the layer under its layout after levels change). Every squeezer returns a new
+placement of ``quantized.w_int`` (``encoding.decode() == quantized.w_int``) and never increases the
+crossbar count. Dense layouts (``isaac``, ``bitplane``, or ``hybrid`` where it chose ``isaac``) are returned
+unchanged. ``details["squeeze"]`` lists the steps applied.
 
 - ``none``: identity.
 - ``row-compact`` (SRE-like): rows of a plane-tile whose levels are all zero are dropped; the surviving
-  rows of all plane-tiles of one (part, column block) share crossbars. Costs ``ceil(log2 N)`` index bits
-  per surviving row. Applied only where it needs fewer crossbars than the mapping it gets.
+  rows of all plane-tiles of one (part, column block) share crossbars, read one (sign set, cell group)
+  at a time. Costs ``ceil(log2 N)`` index bits per surviving row. Applied only where it needs fewer
+  crossbars than the mapping it gets.
 - ``tile-empty`` (Bit-Transformer-like): greedily empties the regions of the mapper's packing (plane-tile,
   plane-column of a row block, segment-column) that cost least weight error, re-projecting the region's
   stored values onto the cell groups still allocated there.
@@ -25,32 +26,10 @@ from pydantic import Field, model_validator
 
 from .bitsets import group_bitmask, project_to_mask
 from .hookspecs import hookimpl
-from .mapping import block_expand, block_reduce, ceil_div, digital_ops, index_bits_for, region_shape
 from .params import StrategyParams
+from .placement import assemble, ceil_div, index_bits_for
 from .signs import split_levels
 from .types import MappedLayer
-
-
-def permute(array: np.ndarray, row_perm: np.ndarray | None, col_perm: np.ndarray | None) -> np.ndarray:
-    """(..., P, N, M) -> ``out[..., p, i, j] = array[..., p, row_perm[p, i], col_perm[p, j]]`` (None: keep)."""
-    lead = (1,) * (array.ndim - 3)
-    if row_perm is not None:
-        array = np.take_along_axis(array, row_perm.reshape(lead + row_perm.shape + (1,)), axis=-2)
-    if col_perm is not None:
-        parts, cols = col_perm.shape
-        array = np.take_along_axis(array, col_perm.reshape(lead + (parts, 1, cols)), axis=-1)
-    return array
-
-
-def _inverse(order: np.ndarray | None) -> np.ndarray | None:
-    return None if order is None else np.argsort(order, axis=1)
-
-
-def _compose(order: np.ndarray | None, perm: np.ndarray) -> np.ndarray:
-    """Original index of each new physical position, after permuting positions by ``perm`` (P, K)."""
-    if order is None:
-        return perm
-    return np.take_along_axis(order, perm, axis=1)
 
 
 def _steps(details: dict, step: str) -> list:
@@ -71,55 +50,65 @@ class NoSqueeze:
         return mapped
 
 
-def row_compact(mapped: MappedLayer) -> MappedLayer:
-    """``mapped`` with the all-zero rows of every plane-tile dropped and the rest packed.
+def density_order(levels: np.ndarray) -> np.ndarray:
+    """(P, M) int64 columns of each part sorted by their count of non-zero cells (densest first)."""
+    return np.argsort(-(levels != 0).sum(axis=(0, 1, 3)), axis=1, kind="stable")
 
-    crossbars = sum over (part, column block) of ``ceil(surviving rows / rows)``; present = cells of the
-    surviving tile rows; index_bits = ``ceil(log2 N)`` per surviving row; read groups are unchanged.
+
+def row_compact(mapped: MappedLayer, column_order: np.ndarray | None = None) -> MappedLayer:
+    """``mapped`` re-placed with the all-zero rows of every plane-tile dropped and the rest packed.
+
+    Column blocks of ``cols`` columns (in ``column_order``, (P, M), default: natural order) keep their
+    columns; the surviving rows (s, g, n) of all plane-tiles of one (part, column block) are stacked,
+    sorted by (s, g), ``rows`` to a crossbar. A read drives rows of one (s, g) only, at most the layout's
+    read height, within one band of that height: rows of different cell groups or sign sets are read
+    separately. Each surviving row selects its input (``ceil(log2 N)`` index bits); reordered columns
+    add an output tag per column (``ceil(log2 M)`` bits).
     """
-    levels = mapped.encoding.levels
-    rows, cols = mapped.geometry.rows, mapped.geometry.cols
-    surviving = block_reduce(levels != 0, 1, cols)  # (S, G, P, N, MB)
-    n_surviving = int(surviving.sum())
-    return replace(
-        mapped,
-        present=block_expand(surviving, 1, cols, levels.shape[-2], levels.shape[-1]),
-        crossbars=int(ceil_div(surviving.sum(axis=(0, 1, 3)), rows).sum()),
-        index_bits=n_surviving * index_bits_for(levels.shape[-2]),
-        digital_ops=digital_ops(mapped.encoding.offset, mapped.read_rows),
-        details={**mapped.details, "squeeze": _steps(mapped.details, "row-compact"), "surviving_rows": n_surviving},
-    )
-
-
-def reorder(mapped: MappedLayer) -> MappedLayer:
-    """``mapped`` with rows and columns of each part sorted by their count of non-zero cells (densest first).
-
-    Columns of similar density then share column blocks, so sparse blocks keep fewer surviving rows.
-    Levels, present and offset are permuted; ``row_order``/``col_order`` record the physical order.
-    """
-    nonzero = mapped.encoding.levels != 0
-    row_perm = np.argsort(-nonzero.sum(axis=(0, 1, 4)), axis=1, kind="stable")  # (P, N)
-    col_perm = np.argsort(-nonzero.sum(axis=(0, 1, 3)), axis=1, kind="stable")  # (P, M)
-    encoding = replace(
-        mapped.encoding,
-        levels=permute(mapped.encoding.levels, row_perm, col_perm),
-        offset=permute(mapped.encoding.offset, row_perm, col_perm),
-    )
-    return replace(
-        mapped,
-        encoding=encoding,
-        present=permute(mapped.present, row_perm, col_perm),
-        row_order=_compose(mapped.row_order, row_perm),
-        col_order=_compose(mapped.col_order, col_perm),
-        digital_ops=digital_ops(encoding.offset, mapped.read_rows),
-    )
+    encoding, layout = mapped.encoding, mapped.layout
+    rows, cols, height = layout.geometry.rows, layout.geometry.cols, layout.read_rows
+    n_sets, n_groups, parts, n_rows, n_cols = encoding.levels.shape
+    order = np.tile(np.arange(n_cols), (parts, 1)) if column_order is None else column_order
+    blocks = ceil_div(n_cols, cols)
+    padded = np.full((parts, blocks * cols), -1, dtype=np.int64)
+    padded[:, :n_cols] = order
+    block_columns = padded.reshape(parts, blocks, cols)  # (P, CB, cols) logical column of each position
+    nonzero = np.take_along_axis(encoding.levels != 0, np.maximum(padded, 0)[None, None, :, None, :], axis=-1)
+    nonzero &= padded[None, None, :, None, :] >= 0
+    surviving = nonzero.reshape(n_sets, n_groups, parts, n_rows, blocks, cols).any(axis=-1)  # (S, G, P, N, CB)
+    p, cb, s, g, n = np.nonzero(surviving.transpose(2, 4, 0, 1, 3))  # ordered by (p, cb, s, g, n)
+    key = p * blocks + cb
+    counts = np.bincount(key, minlength=parts * blocks)
+    rank = np.arange(len(key)) - (np.cumsum(counts) - counts)[key]
+    per_key = ceil_div(counts, rows)
+    crossbar = (np.cumsum(per_key) - per_key)[key] + rank // rows
+    physical = rank % rows
+    new_read = np.ones(len(key), dtype=bool)
+    new_read[1:] = ((crossbar[1:] != crossbar[:-1]) | (s[1:] != s[:-1]) | (g[1:] != g[:-1])
+                    | (physical[1:] // height != physical[:-1] // height))
+    read = np.cumsum(new_read) - 1
+    first = np.flatnonzero(new_read)
+    logical_rows = np.full((len(first), height), -1, dtype=np.int64)
+    physical_rows = np.full((len(first), height), -1, dtype=np.int64)
+    logical_rows[read, physical % height] = n
+    physical_rows[read, physical % height] = physical
+    column = block_columns[p[first], cb[first]]  # (R, cols)
+    reads = dict(part=p[first], logical_rows=logical_rows, physical_rows=physical_rows, crossbar=crossbar[first],
+                 crossbars=int(per_key.sum()), column=column,
+                 sign_set=np.broadcast_to(s[first, None], column.shape), group=np.broadcast_to(g[first, None], column.shape))
+    index_bits = len(key) * index_bits_for(n_rows) + (0 if column_order is None else parts * n_cols * index_bits_for(n_cols))
+    placement = assemble(encoding, rows=rows, cols=cols, segment_rows=height, index_bits=index_bits, **reads)
+    return replace(mapped, placement=placement, details={
+        **mapped.details, "squeeze": _steps(mapped.details, "row-compact"), "surviving_rows": len(key),
+        "reordered_columns": column_order is not None,
+    })
 
 
 class RowCompact:
-    """SRE-like row compaction of plane-tiles, optionally after reordering rows and columns."""
+    """SRE-like row compaction of plane-tiles, optionally after sorting columns by density."""
 
     class Params(StrategyParams):
-        """reorder: also try rows/columns sorted by density (kept only if it needs fewer crossbars)."""
+        """reorder: also try columns sorted by density (kept only if it needs fewer crossbars)."""
 
         reorder: bool = False
 
@@ -127,11 +116,11 @@ class RowCompact:
         self.params = params
 
     def squeeze(self, mapped: MappedLayer, mapper) -> MappedLayer:
-        if "packing" not in mapped.details:
+        if not mapped.layout.sparse:
             return mapped
         options = [row_compact(mapped)]
         if self.params.reorder:
-            options.append(row_compact(reorder(mapped)))
+            options.append(row_compact(mapped, density_order(mapped.encoding.levels)))
         best = min(options, key=lambda option: option.crossbars)
         return best if best.crossbars < mapped.crossbars else mapped
 
@@ -171,34 +160,26 @@ class TileEmpty:
     def squeeze(self, mapped: MappedLayer, mapper) -> MappedLayer:
         # A value's cell levels are its unique base-2**c digits, so emptying an occupied group always
         # costs error: with no error allowed there is nothing to do.
-        if "packing" not in mapped.details or self.params.budget == 0:
+        if not mapped.layout.sparse or self.params.budget == 0:
             return mapped
-        encoding, geometry, quantized = mapped.encoding, mapped.geometry, mapped.quantized
-        parts, _, cols = quantized.w_int.shape
-        scale = permute(np.broadcast_to(quantized.scale, (parts, 1, cols)), None, mapped.col_order)
+        encoding, layout, quantized = mapped.encoding, mapped.layout, mapped.quantized
+        scale = np.broadcast_to(quantized.scale, (quantized.w_int.shape[0], 1, quantized.w_int.shape[2]))
         original = encoding.decode()
         norm = float(((scale * original) ** 2).sum())
         allowed = np.inf if self.params.budget is None else self.params.budget**2 * norm
-        packing = mapped.details["packing"]
-        capacity = None if packing == "tile" else geometry.cols  # plane-columns per crossbar (column) or band (ou)
-        state = _Emptying(encoding, original, scale, quantized.bits, region_shape(packing, geometry), capacity)
+        state = _Emptying(encoding, original, scale, quantized.bits, layout.region, layout.capacity)
         while state.round(self.params.threshold, allowed):
             pass
         if state.emptied == 0:
             return mapped
         new_encoding = replace(encoding, levels=state.levels())
         weights = state.weights()
-        new_quantized = quantized.with_weights(
-            permute(weights, _inverse(mapped.row_order), _inverse(mapped.col_order))
-        )
-        placed = mapper.place(new_quantized, new_encoding, geometry)
+        placed = mapper.place(quantized.with_weights(weights), new_encoding, layout)
         if placed.crossbars >= mapped.crossbars:  # emptied regions freed no whole crossbar: keep the weights
             return mapped
         error = float(np.sqrt(((scale * (weights - original)) ** 2).sum() / norm)) if norm else 0.0
         return replace(
             placed,
-            row_order=mapped.row_order,
-            col_order=mapped.col_order,
             details={
                 **placed.details,
                 "squeeze": _steps(mapped.details, "tile-empty"),
