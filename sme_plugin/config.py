@@ -2,21 +2,28 @@
 
 Each strategy section is ``{name: ..., <params>}``; the params are validated against the
 registered strategy's pydantic ``Params``. Every problem becomes one line naming the config path,
-the bad value and the valid choices, raised together as one :class:`ConfigError`.
+the bad value and the valid choices; all problems of a config (every section) are raised together as
+one :class:`ConfigError` of at most :data:`MAX_ERROR_LINES` lines.
+
+YAML is read defensively: a config file is at most :data:`MAX_CONFIG_BYTES` of UTF-8 text, at most
+:data:`MAX_DEPTH` levels deep, and at most :data:`MAX_NODES` values once its aliases are expanded
+(a "billion laughs" document is refused before it is built).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import re
-from dataclasses import dataclass
+import reprlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .plugins import Registry
 from .types import Geometry
 
@@ -24,13 +31,33 @@ DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
 #: strategy sections in data-flow order (``dataset`` may be null: no accuracy run).
 STRATEGY_SECTIONS = ("model", "dataset", "quantizer", "orchestrator", "mapper", "squeezer", "cell", "adc", "dac", "host")
+#: every top-level key of a config.
+TOP_KEYS = (*STRATEGY_SECTIONS, "activations", "seed", "output", "plugins")
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_NODES = 20_000
+MAX_ERROR_LINES = 20
+MAX_NAME = 64
+#: seeds are unsigned 32-bit integers (numpy's and torch's generators both take them).
+MAX_SEED = 2**32 - 1
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+_short.maxlist = _short.maxdict = _short.maxtuple = _short.maxset = 4
+_short.maxlevel = 2
+
+
+def short(value: Any) -> str:
+    """A bounded repr of a config value for error messages."""
+    return _short.repr(value)
 
 
 class Section(BaseModel):
     """A strategy section before its params are checked: ``name`` plus anything."""
 
-    model_config = ConfigDict(extra="allow")
-    name: str
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    name: str = Field(min_length=1, max_length=MAX_NAME)
 
 
 class CrossbarParams(BaseModel):
@@ -42,15 +69,17 @@ class CrossbarParams(BaseModel):
     baseline at the same weight width (``offset`` is ISAAC's own).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     rows: int = Field(128, ge=2, le=4096)
     cols: int = Field(128, ge=2, le=4096)
-    ou_rows: int = Field(16, ge=1, le=4096)
+    ou_rows: int | None = Field(None, ge=1, le=4096)
     depthwise: Literal["packed", "block-diagonal"] = "packed"
     baseline_sign: Literal["differential", "offset", "segment-offset"] = "offset"
 
     @model_validator(mode="after")
     def _ou_rows_tile_the_crossbar(self):
+        if self.ou_rows is None:  # not given: the largest divisor of rows up to 16
+            object.__setattr__(self, "ou_rows", max(d for d in range(1, 17) if self.rows % d == 0))
         if self.rows % self.ou_rows:
             raise ValueError(f"ou_rows = {self.ou_rows} must divide rows = {self.rows}")
         return self
@@ -60,27 +89,17 @@ class ActivationParams(BaseModel):
     """Activation quantization: ``bits`` magnitude bits per input, streamed through the DAC
     (signed inputs take two passes); each layer's static range comes from the calibration data."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     bits: int = Field(8, ge=1, le=16)
 
 
-class RawConfig(BaseModel):
-    """Top level of a config file."""
+class Scalars(BaseModel):
+    """The top-level keys that are not strategy sections."""
 
-    model_config = ConfigDict(extra="forbid")
-    model: Section
-    dataset: Section | None
-    quantizer: Section
-    orchestrator: Section
-    mapper: Section
-    squeezer: Section
-    cell: Section
-    adc: Section
-    dac: Section
-    host: Section
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     activations: ActivationParams = ActivationParams()
-    seed: int = Field(0, ge=0)
-    output: str = "sme-out"
+    seed: int = Field(0, ge=0, le=MAX_SEED, strict=True)
+    output: str = Field("sme-out", strict=True)
 
 
 @dataclass
@@ -110,6 +129,7 @@ class Config:
     seed: int
     output: str
     source: str
+    plugins: tuple[str, ...] = field(default=())
 
     def geometry(self, cell_bits: int) -> Geometry:
         c = self.crossbar
@@ -119,39 +139,52 @@ class Config:
         out = {kind: (s.as_dict() if s else None) for kind, s in self.strategies.items()}
         out["mapper"].update(self.crossbar.model_dump(mode="json"))
         out.update(activations=self.activations.model_dump(), seed=self.seed, output=self.output)
+        if self.plugins:
+            out["plugins"] = list(self.plugins)
         return out
 
 
 def _suggest(value: Any, choices) -> str:
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    close = difflib.get_close_matches(str(value)[:MAX_NAME], [str(c) for c in choices], n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _lines(error: ValidationError, prefix: str, model: type[BaseModel], shared=()) -> list[str]:
+def _lines(error: ValidationError, prefix: str, model: type[BaseModel] | None, shared=()) -> list[str]:
     """One line per pydantic error: path, bad value, valid choices (``shared``: keys valid besides the model's)."""
     lines = []
     for item in error.errors():
-        path = ".".join([prefix] * bool(prefix) + [str(p) for p in item["loc"]])
+        path = ".".join([prefix] * bool(prefix) + [str(p)[:MAX_NAME] for p in item["loc"]])
         if item["type"] == "extra_forbidden":
-            fields = [*model.model_fields, *shared] if len(item["loc"]) == 1 else []
+            fields = [*model.model_fields, *shared] if model is not None and len(item["loc"]) == 1 else []
             valid = f"; valid keys: {', '.join(fields)}" if fields else ""
             lines.append(f"{path}: unknown key{_suggest(item['loc'][-1], fields)}{valid}")
         elif item["type"] == "literal_error":
             choices = re.findall(r"'([^']*)'", item["ctx"]["expected"])
             lines.append(
-                f"{path}: {item['input']!r} is not one of {', '.join(choices)}{_suggest(item['input'], choices)}"
+                f"{path}: {short(item['input'])} is not one of {', '.join(choices)}{_suggest(item['input'], choices)}"
             )
         elif item["type"] == "missing":
             lines.append(f"{path}: missing")
         elif item["type"] == "value_error":
             lines.append(f"{path}: {item['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"{path}: {item['msg']} (got {item['input']!r})")
+            lines.append(f"{path}: {item['msg']} (got {short(item['input'])})")
     return lines
+
+
+def _bounded(lines: list[str]) -> str:
+    """At most :data:`MAX_ERROR_LINES` lines of at most 300 characters each."""
+    lines = [line if len(line) <= 300 else line[:297] + "..." for line in lines]
+    if len(lines) > MAX_ERROR_LINES:
+        lines = [*lines[: MAX_ERROR_LINES - 1], f"... and {len(lines) - MAX_ERROR_LINES + 1} more problems"]
+    return "\n".join(lines)
 
 
 def _resolve(kind: str, section: Section, registry: Registry, shared=()) -> Strategy:
     params = dict(section.model_extra or {})
+    bad_keys = [key for key in params if not isinstance(key, str)]
+    if bad_keys:
+        raise ConfigError(f"{kind}: keys must be names, got {short(bad_keys[0])}")
     registration = registry.get(kind, section.name, path=f"{kind}.name")
     params_model = registration.factory.Params
     try:
@@ -161,17 +194,64 @@ def _resolve(kind: str, section: Section, registry: Registry, shared=()) -> Stra
     return Strategy(kind, section.name, validated, registration.factory, registration.plugin)
 
 
-def read_yaml(path: str | Path) -> dict:
-    """Parse a YAML config file into a dict; errors name the file (and line)."""
-    path = Path(path)
+def _check_tree(node: yaml.Node, where: str) -> None:
+    """Refuse documents nested deeper than MAX_DEPTH or with more than MAX_NODES values once aliases
+    are expanded (aliases share nodes, so a few lines can stand for billions of values)."""
+    stack, count = [(node, 1)], 0
+    while stack:
+        current, depth = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise ConfigError(f"{where}: config too large: more than {MAX_NODES} values once YAML aliases are expanded")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where}: config nested deeper than {MAX_DEPTH} levels")
+        if isinstance(current, yaml.MappingNode):
+            stack.extend((child, depth + 1) for pair in current.value for child in pair)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in current.value)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse one YAML document defensively (depth, expanded size); errors name ``where`` (and line)."""
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_tree(node, where)
+        return loader.construct_document(node)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(error, 'problem', error)})") from None
+        line = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{where}:{line} invalid YAML ({short(problem)[1:-1]})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: config nested deeper than {MAX_DEPTH} levels") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Parse a YAML config file into a dict; errors name the file (and line).
+
+    A file that cannot be read, is larger than MAX_CONFIG_BYTES or is not UTF-8 is an
+    :class:`InputError`; a file that is not YAML or not a mapping is a :class:`ConfigError`.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise InputError(f"{path}: cannot read config ({error.strerror or error})") from None
+    except ValueError as error:  # e.g. a NUL in the path
+        raise InputError(f"{short(str(path))}: cannot read config ({error})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise InputError(f"{path}: config larger than {MAX_CONFIG_BYTES // 1024} KiB; is it really a config file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: config is not UTF-8 text (byte {raw[error.start]:#04x} at offset {error.start})") from None
+    data = parse_yaml(text, str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -179,14 +259,53 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def output_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be an output directory path (None when it can)."""
+    if not isinstance(value, str):
+        return f"must be a directory path, got {short(value)}"
+    if not value.strip():
+        return "must not be empty (use '.' for the current directory)"
+    if "\0" in value:
+        return f"contains a NUL character: {short(value)}"
+    encoded = value.encode("utf-8", "surrogateescape")
+    if len(encoded) > 4096:
+        return f"path longer than 4096 bytes ({short(value)})"
+    long_parts = [part for part in Path(value).parts if len(part.encode("utf-8", "surrogateescape")) > 255]
+    if long_parts:
+        return f"path component longer than 255 bytes ({short(long_parts[0])})"
+    return None
+
+
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def plugin_modules(data: dict) -> list[str]:
+    """The ``plugins:`` list of a config document (module names to load as plugins); checked here
+    because plugins must be registered before the rest of the config can be validated."""
+    modules = data.get("plugins", []) if isinstance(data, dict) else []
+    if modules is None:
+        return []
+    if not isinstance(modules, list) or len(modules) > 32:
+        raise ConfigError(f"plugins: must be a list of at most 32 module names, got {short(modules)}")
+    bad = [m for m in modules if not isinstance(m, str) or len(m) > 200 or not _MODULE.match(m)]
+    if bad:
+        raise ConfigError(f"plugins: {short(bad[0])} is not a module name (e.g. my_package.sme_plugin)")
+    return list(modules)
+
+
 def merge(base: dict, override: dict) -> dict:
     """Sections of ``override`` replace or update those of ``base``: a section naming a different
-    strategy replaces the base section; one naming the same strategy (or no name) updates its params."""
+    strategy replaces the base section; one naming the same strategy (or no name) updates its params.
+
+    A mapper section that sets ``rows`` but not ``ou_rows`` drops the base's ``ou_rows``, so that it
+    defaults to the largest divisor of ``rows`` up to 16 (``rows: 2`` then just works)."""
     merged = dict(base)
     for key, value in override.items():
         old = merged.get(key)
         if isinstance(value, dict) and isinstance(old, dict) and value.get("name", old.get("name")) == old.get("name"):
             merged[key] = {**old, **value}
+            if key == "mapper" and "rows" in value and "ou_rows" not in value:
+                merged[key].pop("ou_rows", None)
         else:
             merged[key] = value
     return merged
@@ -195,7 +314,7 @@ def merge(base: dict, override: dict) -> dict:
 def load_config(data: dict | str | Path | None, registry: Registry, source: str | None = None) -> Config:
     """Validate a config (a dict, a YAML path, or None for the embedded default) over the defaults.
 
-    Raises :class:`ConfigError` with one line per problem.
+    Raises :class:`ConfigError` with one line per problem, every section checked.
     """
     defaults = read_yaml(DEFAULT_CONFIG)
     if data is None:
@@ -203,21 +322,53 @@ def load_config(data: dict | str | Path | None, registry: Registry, source: str 
     elif not isinstance(data, dict):
         source = source or str(data)
         data = read_yaml(data)
-    raw_dict = merge(defaults, data)
+    raw = merge(defaults, data)
+    problems: list[str] = []
+    unknown = [key for key in raw if key not in TOP_KEYS]
+    for key in unknown:
+        problems.append(f"{short(key)[1:-1] if isinstance(key, str) else short(key)}: unknown key"
+                        f"{_suggest(key, TOP_KEYS)}; valid keys: {', '.join(TOP_KEYS)}")
+    scalars_data = {key: raw[key] for key in Scalars.model_fields if key in raw}
     try:
-        raw = RawConfig.model_validate(raw_dict)
+        scalars = Scalars.model_validate(scalars_data)
     except ValidationError as error:
-        raise ConfigError("\n".join(_lines(error, "", RawConfig))) from None
-    mapper_params = dict(raw.mapper.model_extra or {})
-    crossbar_keys = {k: mapper_params.pop(k) for k in list(mapper_params) if k in CrossbarParams.model_fields}
+        problems += _lines(error, "", Scalars)
+        scalars = None
+    if scalars is not None:
+        why = output_problem(scalars.output)
+        if why:
+            problems.append(f"output: {why}")
     try:
-        crossbar = CrossbarParams.model_validate(crossbar_keys)
-    except ValidationError as error:
-        raise ConfigError("\n".join(_lines(error, "mapper", CrossbarParams))) from None
-    raw.mapper = Section(name=raw.mapper.name, **mapper_params)
-    strategies, problems = {}, []
+        plugins = plugin_modules(raw)
+    except ConfigError as error:
+        problems.append(str(error))
+
+    sections: dict[str, Section | None] = {}
     for kind in STRATEGY_SECTIONS:
-        section = getattr(raw, kind)
+        value = raw.get(kind)
+        if value is None and kind == "dataset":
+            sections[kind] = None
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{kind}: must be a section {{name: ..., <params>}}, got {short(value)}")
+            continue
+        try:
+            sections[kind] = Section.model_validate(value)
+        except ValidationError as error:
+            problems += _lines(error, kind, None)
+
+    crossbar = None
+    if "mapper" in sections:
+        mapper_params = dict(sections["mapper"].model_extra or {})
+        crossbar_keys = {k: mapper_params.pop(k) for k in list(mapper_params) if k in CrossbarParams.model_fields}
+        try:
+            crossbar = CrossbarParams.model_validate(crossbar_keys)
+        except ValidationError as error:
+            problems += _lines(error, "mapper", CrossbarParams)
+        sections["mapper"] = Section(name=sections["mapper"].name, **mapper_params)
+
+    strategies: dict[str, Strategy | None] = {}
+    for kind, section in sections.items():
         if section is None:
             strategies[kind] = None
             continue
@@ -225,7 +376,8 @@ def load_config(data: dict | str | Path | None, registry: Registry, source: str 
             shared = CrossbarParams.model_fields if kind == "mapper" else ()
             strategies[kind] = _resolve(kind, section, registry, shared)
         except ConfigError as error:
-            problems.append(str(error))
+            problems += str(error).splitlines()
     if problems:
-        raise ConfigError("\n".join(problems))
-    return Config(strategies, crossbar, raw.activations, raw.seed, raw.output, source or "dict")
+        raise ConfigError(_bounded(problems))
+    return Config(strategies, crossbar, scalars.activations, scalars.seed, scalars.output, source or "dict",
+                  tuple(plugins))
