@@ -64,7 +64,7 @@ def _check_shapes(p: Placement) -> None:
 
 
 def _check_slots(p: Placement) -> None:
-    """Bounds, used/unused consistency and logical ranges of every slot; crossbars hold cells."""
+    """Bounds, used/unused consistency and logical ranges of every slot."""
     parts, n_rows, n_cols = p.shape
     for r, xbar in enumerate(p.crossbar):
         if not 0 <= xbar < p.crossbars:
@@ -89,6 +89,10 @@ def _check_slots(p: Placement) -> None:
         r, j = np.argwhere(bad)[0]
         _fail(f"read {r}, column slot {j}: sign set {p.sign_set[r, j]} / cell group {p.group[r, j]} "
               f"out of range ({len(p.signs)} sign sets)")
+
+
+def _check_counted(p: Placement) -> None:
+    """Every counted crossbar holds at least one cell."""
     holds_cells = np.zeros(p.crossbars, dtype=bool)
     holds_cells[p.crossbar[p.present().any(axis=(1, 2))]] = True
     if not holds_cells.all():
@@ -248,6 +252,7 @@ def check_placement(
     _check_levels(p)
     _check_physical(p)
     keys = _check_logical(p)
+    _check_counted(p)
     if encoding is not None:
         _check_encoding(p, keys, encoding)
     if quantized is not None:

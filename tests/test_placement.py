@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sme_plugin.checker import PlacementError, check_placement, represented_weights, simulate
+from sme_plugin.plugins import build_registry, plugin_manager
 from sme_plugin.signs import SIGN_SCHEMES, encode
-from sme_plugin.types import Layer, Placement, QuantizedLayer
+from sme_plugin.types import Geometry, Layer, Placement, QuantizedLayer
 
 
 def quantized(w_int, bits, mask=None):
@@ -183,3 +184,90 @@ def test_plain_column_layout_passes_for_every_sign_scheme(parts, n_rows, n_cols,
     q = quantized(np.where(mask, rng.integers(-limit, limit + 1, mask.shape), 0), bits, mask)
     enc = encode(q.w_int, mask, bits, cell_bits, scheme, segment_rows=4)
     check_placement(column_layout(enc, rows=8, cols=4), q, enc)
+
+
+def test_corrupted_mapper_placements_are_caught():
+    rng = np.random.default_rng(3)
+    q = quantized(np.where(rng.random((1, 40, 20)) < 0.3, rng.integers(-127, 128, (1, 40, 20)), 0), bits=8)
+    mapped = build("mapper", "sme", packing="column").map(q, Geometry(rows=16, cols=8))
+    placement = mapped.placement
+    check_placement(placement, q, mapped.encoding)
+    r, k, j = np.argwhere(placement.levels == 1)[0]
+    corruptions = [
+        (dict(crossbar={0: placement.crossbar[1]}), r"both place a cell|driven by inputs"),  # read 0 moved
+        (dict(levels={(r, k, j): 0}), r"simulated output"),
+        (dict(group={(r, j): placement.group[r, j] + 1}), r"simulated output|both store"),
+        (dict(input={(r, k): (placement.input[r, k] + 1) % 40}), r"simulated output|driven by inputs|both store"),
+    ]
+    for edits, message in corruptions:
+        with pytest.raises(PlacementError, match=message):
+            check_placement(edited(placement, **edits), q)
+
+
+# --- every registered strategy combination passes the checker --------------------------------------------
+
+REGISTRY = build_registry(plugin_manager(load_entrypoints=False))
+
+
+def build(kind, name, **params):
+    """A registered strategy from its name and the given parameters (those its Params has)."""
+    factory = REGISTRY.get(kind, name).factory
+    fields = factory.Params.model_fields
+    return factory(factory.Params(**{key: value for key, value in params.items() if key in fields}))
+
+
+@st.composite
+def pipelines(draw, mapper_name, squeezer_name, orchestrator_name):
+    """(quantized layer, geometry, orchestrator, mapper, squeezer) of the named strategies, with drawn
+    weights, sizes, sign scheme, cell bits and strategy parameters (those a strategy's Params has)."""
+    parts = draw(st.integers(1, 2))
+    n_rows = draw(st.one_of(st.integers(1, 40), st.integers(1, 300)))
+    n_cols = draw(st.one_of(st.integers(1, 12), st.integers(1, 70)))
+    bits = draw(st.integers(2, 8))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    limit = (1 << (bits - 1)) - 1
+    mask = rng.random((parts, n_rows, n_cols)) < draw(st.sampled_from([1.0, 0.7, 0.2]))
+    density = draw(st.sampled_from([1.0, 0.5, 0.05, 0.0]))  # sparse weights, down to all zero
+    w_int = np.where(mask & (rng.random(mask.shape) < density), rng.integers(-limit, limit + 1, mask.shape), 0)
+    xbar_rows = draw(st.sampled_from([8, 16, 32, 64]))
+    geometry = Geometry(rows=xbar_rows, cols=draw(st.sampled_from([8, 16, 32, 64])),
+                        ou_rows=draw(st.sampled_from([d for d in (1, 2, 4, 8, 16) if xbar_rows % d == 0])),
+                        cell_bits=draw(st.integers(1, 4)))
+    sign = draw(st.sampled_from(SIGN_SCHEMES))
+    mapper = build("mapper", mapper_name, sign=sign, isaac_sign=sign,
+                   packing=draw(st.sampled_from(["tile", "column", "ou"])),
+                   weight_bits=draw(st.sampled_from([None, 8, 12])), cell_bits=draw(st.sampled_from([None, 2])))
+    orchestrator = build("orchestrator", orchestrator_name,
+                         k=draw(st.integers(1, max(1, bits - 1))), rounding=draw(st.sampled_from(["nearest", "ceil"])),
+                         mode=draw(st.sampled_from(["fixed", "budget"])), planes=draw(st.integers(1, 3)),
+                         budget=draw(st.sampled_from([0.0, 0.05, 0.3])),
+                         segment=draw(st.sampled_from(["auto", "tile", "column", "ou"])))
+    squeezer = build("squeezer", squeezer_name,
+                     budget=draw(st.sampled_from([0.0, 0.05, 0.3])), threshold=draw(st.sampled_from([0, 4])),
+                     reorder=draw(st.booleans()))
+    return quantized(w_int, bits, mask), geometry, orchestrator, mapper, squeezer
+
+
+def orchestrate_and_map(q, geometry, orchestrator, mapper):
+    """The pipeline's order: the mapper's layout on the quantizer's weights, orchestration, placement."""
+    layout = mapper.layout(q, geometry)
+    [orchestrated] = orchestrator.orchestrate([q], [layout])
+    return orchestrated, mapper.map(orchestrated, geometry, layout)
+
+
+@pytest.mark.parametrize("orchestrator_name", REGISTRY.names("orchestrator"))
+@pytest.mark.parametrize("squeezer_name", REGISTRY.names("squeezer"))
+@pytest.mark.parametrize("mapper_name", REGISTRY.names("mapper"))
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_every_strategy_combination_places_valid_cells(mapper_name, squeezer_name, orchestrator_name, data):
+    pipeline = data.draw(pipelines(mapper_name, squeezer_name, orchestrator_name))
+    q, geometry, orchestrator, mapper, squeezer = pipeline
+    try:
+        orchestrated, mapped = orchestrate_and_map(q, geometry, orchestrator, mapper)
+    except ValueError as error:  # isaac: a weight's S*G cells must fit one crossbar row
+        assert "more than the" in str(error)
+        orchestrated, mapped = orchestrate_and_map(q, replace(geometry, cols=64), orchestrator, mapper)
+    check_placement(mapped.placement, orchestrated, mapped.encoding)
+    squeezed = squeezer.squeeze(mapped, mapper)
+    check_placement(squeezed.placement, squeezed.quantized, squeezed.encoding)
