@@ -1,18 +1,34 @@
-"""Cost model: crossbars, ADC resolution, conversions, area, energy and latency of a mapped layer.
+"""Cost model: crossbars, reads, ADC resolution and conversions, area, energy and latency of a mapped
+layer, every figure derived from its :class:`~sme_plugin.types.Placement` (and nothing else).
 
-Component figures (32 nm, ISAAC, ISCA 2016; ADC/DAC/shift-add/eDRAM energies as tabulated in
-Accelergy's hwcomponents library, see ``shared/reference/paper.md``):
+Analog side (32 nm, ISAAC, ISCA 2016; ADC/DAC/shift-add/eDRAM energies as tabulated in Accelergy's
+hwcomponents library, see ``shared/reference/paper.md``):
 
 - crossbar array 128x128: 25 um^2 and 0.3 mW (ISAAC: 8 arrays, 2.4 mW, 0.0002 mm^2), one read every
-  100 ns -> 30 pJ per full read; other sizes scale with rows*cols;
-- ADC and DAC: the configured components' own ``energy_pj``/``area_um2`` (the built-ins use ISAAC's
-  table, :mod:`sme_plugin.converters`); one ADC per crossbar at 1.28 GS/s, one DAC per crossbar row;
-- shift-and-add: 0.021 pJ per conversion, 60 um^2 per crossbar; the same energy per digital offset correction;
-- eDRAM (squeeze-out indices and segment offsets, read once per output position): 20.45 pJ per
-  256-bit access, 64 KB in 0.083 mm^2.
+  100 ns -> 30 pJ for a read driving all rows and columns; a read charges its share
+  (driven rows x used columns) / (128 x 128); other array sizes scale their area with rows*cols;
+- ADC and DAC: the configured components' own ``energy_pj``/``area_um2``; every non-empty column sum of
+  a read is one conversion at the resolution ``adc.bits_for`` gives it; one ADC per crossbar (sized for
+  the largest resolution it converts) at 1.28 GS/s; one DAC per crossbar row, one conversion per
+  driven row and read;
+- shift-and-add: 0.021 pJ per conversion, 60 um^2 per crossbar;
+- eDRAM (routing indices and segment offsets, read once per output position): 20.45 pJ per 256-bit
+  access, 64 KB in 0.083 mm^2.
 
-Latency assumes the crossbars of one layer work in parallel and layers run one after the other:
-``out_positions * input_cycles * reads_per_crossbar * max(100 ns, cols / 1.28 GS/s)``.
+Digital periphery (offset corrections ``o * sum(x over a segment)``): each segment whose columns carry a
+correction needs its input sum (``rows - 1`` additions of ``A + log2 rows``-bit words per output
+position), and each (segment, column, offset) correction is a multiply-accumulate of the offset
+(``offset_width`` bits) by that sum, accumulated at 32 bits; power-of-two offsets (ISAAC's ``2**(B-1)``)
+need only a shift. Energy and area from Horowitz, "Computing's energy problem", ISSCC 2014 (45 nm):
+8-bit add 0.03 pJ / 36 um^2, 32-bit add 0.1 pJ / 137 um^2, 8-bit multiply 0.2 pJ / 282 um^2, 32-bit
+multiply 3.1 pJ / 3495 um^2; adders scale linearly and multipliers with the product of the operand
+widths between those points. They are used unscaled at ISAAC's 32 nm, which overstates the digital
+side: a mapping that moves weights into the periphery pays at least its real price. One multiplier
+and one adder per crossbar (one per layer if it has none) do the corrections of a layer.
+
+Latency: the crossbars of a layer work in parallel, each doing its reads one after another, a read
+taking ``max(100 ns, conversions / 1.28 GS/s)``; layers run one after the other:
+``out_positions * input_cycles * (slowest crossbar's time per input cycle)``.
 """
 
 from __future__ import annotations
@@ -21,8 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .signs import segment_view
-from .types import MappedLayer
+from .types import MappedLayer, Placement
 
 ARRAY_AREA_UM2 = 25.0
 ARRAY_READ_PJ = 30.0
@@ -33,13 +48,28 @@ EDRAM_PJ_PER_256_BITS = 20.45
 EDRAM_UM2_PER_BIT = 0.083e6 / (64 * 1024 * 8)
 READ_NS = 100.0
 ADC_RATE_GHZ = 1.28
+#: Horowitz, ISSCC 2014, 45 nm: (energy pJ, area um^2) of an 8-bit adder and an 8x8-bit multiplier
+ADD8 = (0.03, 36.0)
+MUL8 = (0.2, 282.0)
+ACCUMULATOR_BITS = 32
+
+
+def adder_cost(bits) -> tuple[float, float]:
+    """(energy pJ, area um^2) of one ``bits``-bit addition (linear in width: 32 bits -> 0.12 pJ, 144 um^2)."""
+    return ADD8[0] * bits / 8, ADD8[1] * bits / 8
+
+
+def multiplier_cost(a_bits, b_bits) -> tuple[float, float]:
+    """(energy pJ, area um^2) of one ``a_bits`` x ``b_bits`` multiplication (product of widths; 32x32 ->
+    3.2 pJ, 4512 um^2 against Horowitz's 3.1 pJ, 3495 um^2)."""
+    return MUL8[0] * a_bits * b_bits / 64, MUL8[1] * a_bits * b_bits / 64
 
 
 @dataclass(frozen=True)
 class Periphery:
     """The converters around the crossbars and the activation magnitude bits they stream.
 
-    adc: an ADC component (``lossless``, ``bits`` unless lossless, ``energy_pj(bits)``, ``area_um2(bits)``);
+    adc: an ADC component (``bits_for(full_scale)``, ``energy_pj(bits)``, ``area_um2(bits)``);
     dac: a DAC component (``bits`` per input cycle, ``energy_pj()``, ``area_um2()``).
     """
 
@@ -48,90 +78,136 @@ class Periphery:
     activation_bits: int
 
     @property
-    def adc_bits(self) -> int | None:
-        """Configured ADC resolution; None for a lossless ADC (costed at each read's lossless bits)."""
-        return None if self.adc.lossless else self.adc.bits
-
-    @property
     def input_cycles(self) -> int:
         return -(-self.activation_bits // self.dac.bits)
 
 
-def active_rows(mapped: MappedLayer) -> np.ndarray:
-    """(S, G, P, read groups, M) number of present cells each ADC read sums."""
-    present = mapped.present
-    flat = present.reshape((-1,) + present.shape[3:])  # (S*G*P, N, M)
-    groups = segment_view(flat, mapped.read_rows).sum(axis=2, dtype=np.int64)  # (S*G*P, RB, M)
-    return groups.reshape(present.shape[:3] + groups.shape[1:])
+def lossless_bits(full_scale: np.ndarray) -> np.ndarray:
+    """ADC bits that convert every column sum in [0, full_scale] exactly: ceil(log2(full_scale + 1))."""
+    return np.ceil(np.log2(np.asarray(full_scale, dtype=np.float64) + 1.0)).astype(np.int64)
 
 
-def lossless_bits(active: np.ndarray, cell_bits: int, dac_bits: int) -> np.ndarray:
-    """ADC bits that convert a column sum of ``active`` cells exactly (0 for an empty read)."""
-    full_scale = active * ((1 << cell_bits) - 1) * ((1 << dac_bits) - 1)
-    return np.ceil(np.log2(full_scale + 1.0)).astype(np.int64)
+@dataclass(frozen=True)
+class Corrections:
+    """The digital offset corrections of a placement, per output position.
+
+    macs: (segment, column, offset) corrections that multiply; shifts: those by a power of two;
+    sums: segment input sums they need; sum_adds: additions those sums take; offset_width: signed bits
+    of the widest offset; sum_width: bits of a segment input sum; stored: distinct offsets held in memory
+    (1 for a layer-wide constant).
+    """
+
+    macs: int
+    shifts: int
+    sums: int
+    sum_adds: int
+    offset_width: int
+    sum_width: int
+    stored: int
 
 
-def stored_offset_bits(mapped: MappedLayer) -> int:
-    """Digital memory for the sign scheme's offsets: one register for a layer-wide constant (ISAAC's
-    offset), else one signed value per (segment, column) correction."""
-    offsets = mapped.encoding.offset
-    nonzero = offsets[offsets != 0]
-    if nonzero.size == 0:
-        return 0
-    width = int(np.abs(nonzero).max()).bit_length() + 1
-    return width if (nonzero == nonzero[0]).all() else mapped.digital_ops * width
+def corrections(placement: Placement, activation_bits: int) -> Corrections:
+    """The offset corrections ``o * sum(x over segment)`` the periphery adds back for ``placement``."""
+    parts, rows, cols = placement.shape
+    offset = placement.offset
+    nonzero = offset != 0
+    if not nonzero.any():
+        return Corrections(0, 0, 0, 0, 0, 0, 0)
+    values = offset[nonzero]
+    span = 2 * int(np.abs(values).max()) + 1
+    segment = np.broadcast_to(placement.offset_segment[:, :, None], offset.shape)[nonzero]
+    column = np.broadcast_to(np.arange(parts)[:, None, None] * cols + np.arange(cols), offset.shape)[nonzero]
+    keys = np.unique((segment * (parts * cols) + column) * span + values + span // 2)  # (segment, column, offset)
+    corrected_segment = keys // span // (parts * cols)
+    magnitude = np.abs(keys % span - span // 2)
+    power_of_two = (magnitude & (magnitude - 1)) == 0
+    used_segments, segment_rows = np.unique(placement.offset_segment, return_counts=True)
+    with_corrections = np.isin(used_segments, corrected_segment)
+    return Corrections(
+        macs=int((~power_of_two).sum()),
+        shifts=int(power_of_two.sum()),
+        sums=int(with_corrections.sum()),
+        sum_adds=int((segment_rows[with_corrections] - 1).sum()),
+        offset_width=int(np.abs(values).max()).bit_length() + 1,
+        sum_width=activation_bits + int(segment_rows.max() - 1).bit_length(),
+        stored=1 if (values == values[0]).all() else len(keys),
+    )
 
 
 def layer_costs(mapped: MappedLayer, periphery: Periphery) -> dict:
-    """Costs of one mapped layer per inference (one input sample). Keys carry their units."""
-    geometry = mapped.geometry
-    cell_bits = mapped.encoding.cell_bits
-    needed = lossless_bits(active_rows(mapped), cell_bits, periphery.dac.bits)
-    reads = needed > 0
-    needed = needed[reads]
-    used = needed if periphery.adc_bits is None else np.full_like(needed, periphery.adc_bits)
+    """Costs of one mapped layer per inference (one input sample), from its placement. Keys carry units."""
+    placement = mapped.placement
     adc, dac = periphery.adc, periphery.dac
     positions = mapped.quantized.layer.out_positions
-    cycles = periphery.input_cycles
-    per_inference = positions * cycles
-    size = geometry.rows * geometry.cols / ARRAY_CELLS
-    reads_per_crossbar = geometry.rows // mapped.read_rows
-    adc_bits_area = int(used.max()) if used.size else 0
-    conversions = int(reads.sum()) * per_inference
-    offset_bits = stored_offset_bits(mapped)
-    memory_bits = mapped.index_bits + offset_bits
+    per_inference = positions * periphery.input_cycles
+    full_scale = placement.full_scale(dac.bits)  # (R, J)
+    converted = full_scale > 0
+    needed = lossless_bits(full_scale[converted])
+    used = np.broadcast_to(np.asarray(adc.bits_for(full_scale), dtype=np.int64), full_scale.shape)[converted]
+    reads_converted = converted.sum(axis=1)  # (R,)
+    driven_rows = (placement.row >= 0).sum(axis=1)
+    used_cols = (placement.col >= 0).sum(axis=1)
+    crossbars = placement.crossbars
+    crossbar_bits = np.zeros(crossbars, dtype=np.int64)  # ADC resolution each crossbar is built for
+    np.maximum.at(crossbar_bits, np.broadcast_to(placement.crossbar[:, None], full_scale.shape)[converted], used)
+    read_ns = np.maximum(READ_NS, reads_converted / ADC_RATE_GHZ)
+    crossbar_ns = np.bincount(placement.crossbar, read_ns, minlength=crossbars)
+    conversions = int(converted.sum()) * per_inference
+    fix = corrections(placement, periphery.activation_bits)
+    mul_pj, mul_um2 = multiplier_cost(fix.offset_width, fix.sum_width)
+    acc_pj, acc_um2 = adder_cost(ACCUMULATOR_BITS)
+    sum_pj, sum_um2 = adder_cost(fix.sum_width)
+    offset_bits = fix.stored * fix.offset_width
+    memory_bits = placement.index_bits + offset_bits
+    size = placement.rows * placement.cols / ARRAY_CELLS
     energy_pj = {
         "adc": float(np.sum(adc.energy_pj(used))) * per_inference,
-        "dac": mapped.crossbars * geometry.rows * dac.energy_pj() * per_inference,
-        "array": mapped.crossbars * ARRAY_READ_PJ * size * per_inference,
-        "shift_add": SHIFT_ADD_PJ * (conversions + mapped.digital_ops * positions),
+        "dac": float(driven_rows.sum()) * dac.energy_pj() * per_inference,
+        "array": ARRAY_READ_PJ * float((driven_rows * used_cols).sum()) / ARRAY_CELLS * per_inference,
+        "shift_add": SHIFT_ADD_PJ * conversions,
+        "offset_correction": (fix.macs * (mul_pj + acc_pj) + fix.shifts * acc_pj + fix.sum_adds * sum_pj) * positions,
         "memory": EDRAM_PJ_PER_256_BITS * memory_bits / 256 * positions,
     }
-    area_um2 = mapped.crossbars * (
-        ARRAY_AREA_UM2 * size + adc.area_um2(adc_bits_area) + geometry.rows * dac.area_um2() + SHIFT_ADD_AREA_UM2
-    ) + EDRAM_UM2_PER_BIT * memory_bits
-    read_ns = max(READ_NS, geometry.cols / ADC_RATE_GHZ)
+    digital_units = max(crossbars, 1) if fix.macs + fix.shifts else 0
+    area_um2 = (
+        crossbars * (ARRAY_AREA_UM2 * size + placement.rows * dac.area_um2() + SHIFT_ADD_AREA_UM2)
+        + float(np.sum(adc.area_um2(crossbar_bits)))
+        + digital_units * (mul_um2 * (fix.macs > 0) + acc_um2 + sum_um2)
+        + EDRAM_UM2_PER_BIT * memory_bits
+    )
+    analog = ("adc", "dac", "array", "shift_add")
     return {
-        "crossbars": mapped.crossbars,
-        "adc_bits_lossless_max": int(needed.max()) if needed.size else 0,
+        "crossbars": crossbars,
+        "reads": placement.reads,
+        "reads_per_crossbar_max": int(placement.reads_per_crossbar().max(initial=0)),
+        "adc_bits_lossless_max": int(needed.max(initial=0)),
         "adc_bits_lossless_mean": round(float(needed.mean()), 3) if needed.size else 0.0,
-        "adc_bits_used_max": adc_bits_area,
+        "adc_bits_used_max": int(used.max(initial=0)),
+        "adc_bits_used_mean": round(float(used.mean()), 3) if used.size else 0.0,
         "lossy_reads_fraction": round(float((needed > used).mean()), 4) if needed.size else 0.0,
         "adc_conversions": conversions,
-        "index_bits": mapped.index_bits,
+        "index_bits": placement.index_bits,
         "offset_bits": offset_bits,
-        "digital_ops": mapped.digital_ops * positions,
+        "offset_macs": fix.macs * positions,
+        "offset_shifts": fix.shifts * positions,
+        "input_sum_adds": fix.sum_adds * positions,
         "area_mm2": area_um2 * 1e-6,
         "energy_uj": sum(energy_pj.values()) * 1e-6,
+        "energy_analog_uj": sum(energy_pj[k] for k in analog) * 1e-6,
+        "energy_digital_uj": sum(v for k, v in energy_pj.items() if k not in analog) * 1e-6,
         "energy_breakdown_uj": {k: v * 1e-6 for k, v in energy_pj.items()},
-        "latency_us": per_inference * reads_per_crossbar * read_ns * 1e-3,
+        "latency_us": per_inference * float(crossbar_ns.max(initial=0.0)) * 1e-3,
     }
+
+
+#: costs that add up over layers
+ADDITIVE = ("crossbars", "reads", "adc_conversions", "index_bits", "offset_bits", "offset_macs", "offset_shifts",
+            "input_sum_adds", "area_mm2", "energy_uj", "energy_analog_uj", "energy_digital_uj", "latency_us")
 
 
 def total_costs(per_layer: list[dict]) -> dict:
-    """Sum the additive costs of :func:`layer_costs` over layers."""
-    keys = ("crossbars", "adc_conversions", "index_bits", "offset_bits", "digital_ops", "area_mm2", "energy_uj",
-            "latency_us")
-    totals = {k: sum(c[k] for c in per_layer) for k in keys}
+    """Sum the additive costs of :func:`layer_costs` over layers (latency: layers run one after another)."""
+    totals = {k: sum(c[k] for c in per_layer) for k in ADDITIVE}
     totals["adc_bits_lossless_max"] = max((c["adc_bits_lossless_max"] for c in per_layer), default=0)
+    totals["adc_bits_used_max"] = max((c["adc_bits_used_max"] for c in per_layer), default=0)
     return totals

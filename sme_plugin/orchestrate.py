@@ -19,10 +19,8 @@ from .bitsets import group_bitmask, project_to_mask, project_to_set, values_with
 from .hookspecs import hookimpl
 from .params import StrategyParams
 from .signs import encoded_bits, scheme_offsets, stored_values
-from .types import MappingContext, QuantizedLayer
-
-PACKINGS = ("tile", "column", "ou")
-
+from .mapping import region_shape
+from .types import Layout, QuantizedLayer
 
 def relative_error(before: QuantizedLayer, after: QuantizedLayer) -> float:
     """Relative weight error ``||scale * (w' - w)|| / ||scale * w||`` (0 when both are all zero)."""
@@ -49,10 +47,12 @@ class NoOrchestrator:
     class Params(StrategyParams):
         """No parameters."""
 
+    per_layer = True
+
     def __init__(self, params: Params):
         self.params = params
 
-    def orchestrate(self, layers: list[QuantizedLayer], context: MappingContext) -> list[QuantizedLayer]:
+    def orchestrate(self, layers: list[QuantizedLayer], layouts: list[Layout]) -> list[QuantizedLayer]:
         return [q.with_weights(q.w_int.copy()) for q in layers]
 
 
@@ -73,13 +73,18 @@ class KBitsOrchestrator:
         k: int = Field(2, ge=1, le=15)
         rounding: Literal["nearest", "floor", "ceil"] = "nearest"
 
+    per_layer = True
+
     def __init__(self, params: Params):
         self.params = params
 
-    def orchestrate(self, layers: list[QuantizedLayer], context: MappingContext) -> list[QuantizedLayer]:
+    def orchestrate(self, layers: list[QuantizedLayer], layouts: list[Layout]) -> list[QuantizedLayer]:
         out = []
-        for q in layers:
+        for q, layout in zip(layers, layouts):
             _top(q)
+            if not layout.sparse:  # a dense mapping saves nothing: keep the exact weights
+                out.append(q.with_weights(q.w_int.copy()))
+                continue
             if self.params.k > q.bits - 1:
                 raise ValueError(
                     f"kbits: k={self.params.k} exceeds the {q.bits - 1} magnitude bits of layer {q.layer.name!r}"
@@ -137,15 +142,13 @@ class _Units:
     stale: np.ndarray
 
     @classmethod
-    def build(cls, q: QuantizedLayer, context: MappingContext, segment: str) -> "_Units":
-        """Units of ``q`` for ``segment``; offsets use the mapper's read rows (ou_rows for ``ou`` packing)."""
-        geometry, mask, top = context.geometry, q.layer.mask, _top(q)
-        offset_rows = geometry.ou_rows if context.packing == "ou" else geometry.rows
-        offsets = scheme_offsets(context.sign, q.w_int, mask, q.bits, offset_rows)
-        stored, signs = stored_values(context.sign, q.w_int, offsets)
+    def build(cls, q: QuantizedLayer, layout: Layout, segment: str) -> "_Units":
+        """Units of ``q`` for ``segment`` (``auto``: the layout's allocation unit); offsets are the layout's."""
+        geometry, mask, top = layout.geometry, q.layer.mask, _top(q)
+        offsets = scheme_offsets(layout.sign, q.w_int, mask, q.bits, layout.read_rows)
+        stored, signs = stored_values(layout.sign, q.w_int, offsets)
         stored = np.where(mask[None], stored, 0)
-        seg_rows = geometry.ou_rows if segment == "ou" else geometry.rows
-        seg_cols = geometry.cols if segment == "tile" else 1
+        seg_rows, seg_cols = layout.region if segment == "auto" else region_shape(segment, geometry)
         parts, rows, cols = q.w_int.shape
         row_blocks, col_blocks = -(-rows // seg_rows), -(-cols // seg_cols)
         s, p, n, m = np.nonzero(stored)
@@ -158,7 +161,7 @@ class _Units:
         column, offset = np.divmod(rest, span + 1)
         scale = np.broadcast_to(q.scale, q.w_int.shape)[p[first], n[first], m[first]].astype(np.float64)
         n_units = len(signs) * parts * row_blocks * col_blocks
-        groups = -(-encoded_bits(context.sign, q.bits) // geometry.cell_bits)
+        groups = -(-encoded_bits(layout.sign, q.bits) // geometry.cell_bits)
         return cls(
             quantized=q,
             top=top,
@@ -177,7 +180,7 @@ class _Units:
             groups=groups,
             cell_bits=geometry.cell_bits,
             # under the ISAAC offset u = 0 means w = -2**(bits-1): a window may never become empty
-            min_groups=1 if context.sign == "offset" else 0,
+            min_groups=1 if layout.sign == "offset" else 0,
             window=np.ones((n_units, groups), dtype=bool),
             current=values,
             saved=np.zeros((n_units, groups), dtype=np.int64),
@@ -290,7 +293,7 @@ class WindowOrchestrator:
         Attributes
         ----------
         segment : {"auto", "tile", "column", "ou"}
-            Unit that shares one window; ``auto`` = the mapping's packing.
+            Unit that shares one window; ``auto`` = the layout's allocation unit.
         mode : {"fixed", "budget"}
             ``fixed``: every (segment, set) keeps its best contiguous window of ``planes`` groups;
             ``budget``: greedily drop groups while the relative weight error stays within ``budget``.
@@ -311,11 +314,10 @@ class WindowOrchestrator:
     def __init__(self, params: Params):
         self.params = params
 
-    def _segment(self, context: MappingContext) -> str:
-        segment = context.packing if self.params.segment == "auto" else self.params.segment
-        if segment not in PACKINGS:
-            raise ValueError(f"window: unknown packing {segment!r}; choose one of {', '.join(PACKINGS)}")
-        return segment
+    @property
+    def per_layer(self) -> bool:
+        """Whether layers can be orchestrated one at a time (False: a model-wide budget)."""
+        return not (self.params.mode == "budget" and self.params.scope == "model")
 
     def _fixed(self, units: _Units) -> None:
         groups, planes = units.groups, min(self.params.planes, units.groups)
@@ -325,20 +327,29 @@ class WindowOrchestrator:
         best = units.errors(units.project(masks, slice(None))).argmin(axis=0)
         units.set_window(placements[best], np.ones(units.n_units, dtype=bool))
 
-    def orchestrate(self, layers: list[QuantizedLayer], context: MappingContext) -> list[QuantizedLayer]:
-        segment = self._segment(context)
-        problems = [_Units.build(q, context, segment) for q in layers]
-        if self.params.mode == "fixed":
-            for units in problems:
+    def orchestrate(self, layers: list[QuantizedLayer], layouts: list[Layout]) -> list[QuantizedLayer]:
+        """Windowed weights of the layers with a sparse layout; layers with a dense one stay exact.
+
+        Per-layer work (``fixed`` mode, or ``budget`` with ``scope: layer``) runs one layer at a time, so
+        only one layer's working state is held; ``scope: model`` holds every sparse layer's state."""
+        out = [q.with_weights(q.w_int.copy()) for q in layers]
+        sparse = [i for i, layout in enumerate(layouts) if layout.sparse]
+        build = lambda i: _Units.build(layers[i], layouts[i], self.params.segment)  # noqa: E731
+        if self.params.mode == "budget" and self.params.scope == "model":
+            problems = [build(i) for i in sparse]
+            norm = sum(float(np.square(q.dequantized()).sum()) for q in layers)
+            _drop_within_budget(problems, self.params.budget**2 * norm)
+            for i, units in zip(sparse, problems):
+                out[i] = layers[i].with_weights(units.decoded())
+            return out
+        for i in sparse:
+            units = build(i)
+            if self.params.mode == "fixed":
                 self._fixed(units)
-        else:
-            norms = [np.square(q.dequantized()).sum() for q in layers]
-            if self.params.scope == "model":
-                _drop_within_budget(problems, self.params.budget**2 * sum(norms))
             else:
-                for units, norm in zip(problems, norms):
-                    _drop_within_budget([units], self.params.budget**2 * norm)
-        return [q.with_weights(units.decoded()) for q, units in zip(layers, problems)]
+                _drop_within_budget([units], self.params.budget**2 * float(np.square(layers[i].dequantized()).sum()))
+            out[i] = layers[i].with_weights(units.decoded())
+        return out
 
 
 @hookimpl

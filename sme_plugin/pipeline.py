@@ -19,8 +19,10 @@ from .host import Simulation, calibrate_activations, digital_model
 from .layers import extract_layers, fold_batchnorm
 from .orchestrate import relative_error
 from .plugins import Registry
-from .types import Dataset, Layer, MappedLayer, MappingContext, ModelBundle, QuantizedLayer
+from .types import Dataset, Layer, MappedLayer, ModelBundle, QuantizedLayer
 
+#: mappings whose accuracy the host measures: SME and the ISAAC mapping of the same weights on the same cells
+SIMULATED = ("sme", "isaac")
 #: The baselines every run reports next to the configured mapping: label -> (mapper, params).
 BASELINES = {
     "isaac": ("isaac", {}),  # ISAAC dense mapping at the quantizer's width, same cells
@@ -105,12 +107,7 @@ def bit_sparsity(q: QuantizedLayer) -> list[float]:
 def stored_sparsity(mapped: MappedLayer) -> list[float]:
     """Zero fraction of the cells of each cell group (LSB group first) that the mapping stores, over every
     sign set and existing weight: the sparsity SME squeezes out (orchestrated, sign-encoded planes)."""
-    mask = mapped.quantized.layer.mask
-    if mapped.row_order is not None:
-        mask = np.take_along_axis(mask, mapped.row_order[:, :, None], axis=1)
-    if mapped.col_order is not None:
-        mask = np.take_along_axis(mask, mapped.col_order[:, None, :], axis=2)
-    levels = mapped.encoding.levels[:, :, mask]  # (S, G, weights)
+    levels = mapped.encoding.levels[:, :, mapped.quantized.layer.mask]  # (S, G, weights)
     return [round(float(v), 4) for v in (levels == 0).mean(axis=(0, 2))] if levels.size else []
 
 
@@ -157,7 +154,7 @@ def layer_report(before: QuantizedLayer, sme: MappedLayer, costs: dict[str, dict
         "stored_sparsity": stored_sparsity(sme),
         "weight_error": round(relative_error(before, sme.quantized), 5),
         "mapping": sme.details,
-        "index_bits": sme.index_bits,
+        "index_bits": sme.placement.index_bits,
         "costs": costs,
     }
 
@@ -194,31 +191,43 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
     geometry = config.geometry(stages.cell.bits)
     with section("quantizer"):
         quantized = [stages.quantizer.quantize(layer) for layer in track(layers, "quantize", disable=not progress)]
-    context = MappingContext(geometry=geometry, sign=stages.mapper.sign, packing=stages.mapper.packing)
-    with section("orchestrator"):
-        orchestrated = stages.orchestrator.orchestrate(quantized, context)
-    lap("quantize+orchestrate")
+    with section("mapper"):
+        layouts = [stages.mapper.layout(q, geometry) for q in quantized]
+    joint = not getattr(stages.orchestrator, "per_layer", True)
+    if joint:  # a model-wide budget needs every layer at once
+        with section("orchestrator"):
+            orchestrated = stages.orchestrator.orchestrate(quantized, layouts)
+    lap("quantize+layout")
 
     periphery = Periphery(adc=stages.adc, dac=stages.dac, activation_bits=config.activations.bits)
     baselines = baseline_mappers(config, registry)
     simulate = dataset is not None
-    mapped, final, layer_reports = {}, [], []
+    mapped = {label: {} for label in SIMULATED}
+    final, layer_reports = [], []
     costs_by_label = {label: [] for label in [*baselines, "sme"]}
-    for before, after in track(list(zip(quantized, orchestrated)), "map + squeeze", disable=not progress):
+    for index, (before, layout) in enumerate(track(list(zip(quantized, layouts)), "map + squeeze", disable=not progress)):
+        if joint:
+            after = orchestrated[index]
+        else:  # one layer at a time: only this layer's orchestration state is held
+            with section("orchestrator"):
+                after = stages.orchestrator.orchestrate([before], [layout])[0]
         with section("mapper"):
-            placed = stages.mapper.map(after, geometry)
+            placed = stages.mapper.map(after, geometry, layout)
         with section("squeezer"):
             sme = stages.squeezer.squeeze(placed, stages.mapper)
-        costs = {"sme": layer_costs(sme, periphery)}
+        del placed
+        layer_mappings = {"sme": sme}
         for label, (mapper, _) in baselines.items():
             with section(f"mapper (baseline {label})"):
-                costs[label] = layer_costs(mapper.map(before, geometry), periphery)
+                layer_mappings[label] = mapper.map(before, geometry)
+        costs = {label: layer_costs(m, periphery) for label, m in layer_mappings.items()}
         for label, cost in costs.items():
             costs_by_label[label].append(cost)
         layer_reports.append(layer_report(before, sme, costs))
         final.append(sme.quantized)
-        if simulate:  # the levels are only kept when the host needs them
-            mapped[sme.name] = sme
+        if simulate:  # placements are only kept when the host needs them
+            for label in SIMULATED:
+                mapped[label][sme.name] = layer_mappings[label]
     lap("map+squeeze+costs")
 
     crossbars, reductions = crossbar_totals(costs_by_label)
@@ -247,7 +256,7 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
             "weight_error": round(model_error(quantized, final), 5),
         },
         "costs": {label: total_costs(costs) for label, costs in costs_by_label.items()},
-        "accuracy": {"float": None, "quantizer_only": None, "quantized": None, "sme": None, "samples": 0,
+        "accuracy": {"float": None, "quantizer_only": None, "quantized": None, **dict.fromkeys(SIMULATED), "samples": 0,
                      "dataset": None, "skipped": "no dataset configured (dataset: null)"},
         "timing_s": timing,
     }
@@ -258,19 +267,25 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
 
 
 def evaluate(config: Config, stages: Stages, model, quantized, mapped, dataset, progress: bool = False) -> dict:
-    """Accuracy of the float model, the digital integer models and the simulated crossbars."""
+    """Accuracy of the float model, the digital integer models and every simulated mapping.
+
+    mapped: label -> {layer name: MappedLayer} for each label of :data:`SIMULATED`; each runs through the
+    same cells, ADC and DAC (with the same seed)."""
     names = [q.layer.name for q in quantized]
     scales = calibrate_activations(model, names, dataset.calibration_inputs)
     bits = config.activations.bits
     x, y = dataset.test_inputs, dataset.test_labels
     simulation = Simulation(cell=stages.cell, adc=stages.adc, dac=stages.dac, activation_bits=bits, seed=config.seed)
-    with section("host"):
-        simulated = stages.host.build(model, mapped, simulation, scales, calibration_inputs=dataset.calibration_inputs)
-    return {
+    result = {
         "dataset": dataset.name,
         "samples": len(x),
         "float": accuracy(model, x, y),
         "quantizer_only": accuracy(digital_model(model, {q.layer.name: q for q in quantized}, bits, scales), x, y),
-        "quantized": accuracy(digital_model(model, {n: m.quantized for n, m in mapped.items()}, bits, scales), x, y),
-        "sme": accuracy(simulated, x, y, "simulate crossbars", progress),
+        "quantized": accuracy(digital_model(model, {n: m.quantized for n, m in mapped["sme"].items()}, bits, scales),
+                              x, y),
     }
+    for label, layers in mapped.items():
+        with section("host"):
+            simulated = stages.host.build(model, layers, simulation, scales, calibration_inputs=dataset.calibration_inputs)
+        result[label] = accuracy(simulated, x, y, f"simulate {label} crossbars", progress)
+    return result
