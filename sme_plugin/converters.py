@@ -76,6 +76,15 @@ def column_bits(full_scale) -> np.ndarray:
     return bits
 
 
+def _column_bits_tensor(full_scale, device) -> torch.Tensor:
+    """:func:`column_bits` on ``device`` as float64 (no round trip through the host for CUDA tensors)."""
+    top = torch.as_tensor(full_scale, dtype=torch.float64, device=device).clamp_min(0.0)
+    bits = torch.ceil(torch.log2(top + 1.0))
+    bits += (torch.exp2(bits) - 1.0 < top).to(bits.dtype)
+    bits -= ((bits > 0) & (torch.exp2(bits - 1.0) - 1.0 >= top)).to(bits.dtype)
+    return bits
+
+
 #: Digital adder per conversion that rounds a converted value to whole level units
 #: (``round_to_levels``): Horowitz, "Computing's energy problem (and what we can do about it)",
 #: ISSCC 2014, 45 nm: 8-bit integer add 0.03 pJ / 36 um^2, 32-bit add 0.1 pJ / 137 um^2.
@@ -224,9 +233,8 @@ class UniformADC(_ADCCost):
         to it (largest ideal column sum of each read column, same units) -> converted values, code * LSB,
         in the same units and dtype. Columns of full scale 0 convert to 0."""
         fs = torch.as_tensor(full_scale, dtype=sums.dtype, device=sums.device).clamp_min(0.0)
-        if self.auto:
-            bits = torch.as_tensor(self.bits_for(fs), device=sums.device)
-            top = torch.exp2(bits.to(sums.dtype)).sub_(1.0)  # range 2**b - 1 level units, LSB = 1
+        if self.auto:  # range 2**b - 1 level units, LSB = 1
+            top = torch.exp2(_column_bits_tensor(full_scale, sums.device)).sub_(1.0).to(sums.dtype)
             lsb = None
             level = sums
         else:

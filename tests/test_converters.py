@@ -292,3 +292,11 @@ def test_bad_params_are_rejected(factory, kwargs):
 def test_infinite_full_scale_is_rejected():
     with pytest.raises(ValueError, match="finite"):
         UniformADC(UniformADC.Params(bits="auto")).bits_for(np.array([float("inf")]))
+
+
+def test_tensor_and_numpy_column_bits_agree():
+    from sme_plugin.converters import _column_bits_tensor
+
+    scales = torch.cat([torch.arange(0, 70000, dtype=torch.float64), torch.rand(1000, dtype=torch.float64) * 1e7,
+                        2.0 ** torch.arange(0, 40, dtype=torch.float64) - 1])
+    assert _column_bits_tensor(scales, "cpu").long().tolist() == column_bits(scales).tolist()
