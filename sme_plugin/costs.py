@@ -24,11 +24,12 @@ need only a shift. Energy and area from Horowitz, "Computing's energy problem", 
 multiply 3.1 pJ / 3495 um^2; adders scale linearly and multipliers with the product of the operand
 widths between those points. They are used unscaled at ISAAC's 32 nm, which overstates the digital
 side: a mapping that moves weights into the periphery pays at least its real price. One multiplier
-and one adder per crossbar (one per layer if it has none) do the corrections of a layer.
+and one adder per crossbar (one per layer if it has none) do the corrections of a layer, one
+operation per cycle at ISAAC's 1.2 GHz; the offsets they multiply are read from eDRAM.
 
 Latency: the crossbars of a layer work in parallel, each doing its reads one after another, a read
-taking ``max(100 ns, conversions / 1.28 GS/s)``; layers run one after the other:
-``out_positions * input_cycles * (slowest crossbar's time per input cycle)``.
+taking ``max(100 ns, conversions / 1.28 GS/s)``; the digital units work alongside; layers run one after
+the other: ``out_positions * max(input_cycles * slowest crossbar's time per cycle, digital time)``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ EDRAM_PJ_PER_256_BITS = 20.45
 EDRAM_UM2_PER_BIT = 0.083e6 / (64 * 1024 * 8)
 READ_NS = 100.0
 ADC_RATE_GHZ = 1.28
+DIGITAL_CLOCK_GHZ = 1.2
 #: Horowitz, ISSCC 2014, 45 nm: (energy pJ, area um^2) of an 8-bit adder and an 8x8-bit multiplier
 ADD8 = (0.03, 36.0)
 MUL8 = (0.2, 282.0)
@@ -169,6 +171,7 @@ def layer_costs(mapped: MappedLayer, periphery: Periphery) -> dict:
         "memory": EDRAM_PJ_PER_256_BITS * memory_bits / 256 * positions,
     }
     digital_units = max(crossbars, 1) if fix.macs + fix.shifts else 0
+    digital_ns = (fix.macs + fix.shifts + fix.sum_adds) / max(digital_units, 1) / DIGITAL_CLOCK_GHZ
     area_um2 = (
         crossbars * (ARRAY_AREA_UM2 * size + placement.rows * dac.area_um2() + SHIFT_ADD_AREA_UM2)
         + float(np.sum(adc.area_um2(crossbar_bits)))
@@ -196,7 +199,7 @@ def layer_costs(mapped: MappedLayer, periphery: Periphery) -> dict:
         "energy_analog_uj": sum(energy_pj[k] for k in analog) * 1e-6,
         "energy_digital_uj": sum(v for k, v in energy_pj.items() if k not in analog) * 1e-6,
         "energy_breakdown_uj": {k: v * 1e-6 for k, v in energy_pj.items()},
-        "latency_us": per_inference * float(crossbar_ns.max(initial=0.0)) * 1e-3,
+        "latency_us": positions * max(periphery.input_cycles * float(crossbar_ns.max(initial=0.0)), digital_ns) * 1e-3,
     }
 
 

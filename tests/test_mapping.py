@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from sme_plugin import mapping
+from sme_plugin.checker import check_placement
 from sme_plugin.mapping import BitplaneMapper, HybridMapper, IsaacMapper, SmeMapper
 from sme_plugin.types import Geometry, Layer, QuantizedLayer
 
@@ -41,10 +42,11 @@ def test_isaac_count_formula():
     isaac16 = IsaacMapper(IsaacMapper.Params(weight_bits=16, cell_bits=2)).map(q, GEOMETRY)
     assert isaac16.encoding.levels.shape[:2] == (1, 8) and isaac16.encoding.cell_bits == 2
     assert isaac16.crossbars == 2 * 5 * 18
-    assert isaac16.present.all() and isaac16.read_rows == 64
-    assert (isaac16.encoding.decode() == q.w_int).all()
-    assert isaac16.digital_ops == 2 * 5 * 70  # one offset correction per (row block, column)
-    assert "packing" not in isaac16.details
+    placement = isaac16.placement
+    assert placement.present().sum() == 2 * 300 * 70 * 8 and placement.reads == 180 and placement.row.shape[1] == 64
+    assert (placement.col >= 0).sum(axis=1).max() == 32  # 4 weights x 8 cells fill the row
+    assert (isaac16.encoding.decode() == q.w_int).all() and (placement.weights() == q.w_int).all()
+    assert not isaac16.layout.sparse and isaac16.details["packing"] == "dense"
 
 
 def test_isaac_rejects_bad_settings():
@@ -59,14 +61,14 @@ def test_isaac_rejects_bad_settings():
 
 def test_bitplane_count_formula():
     mapped = BitplaneMapper(BitplaneMapper.Params()).map(quantized(np.zeros((2, 300, 70))), GEOMETRY)
-    assert mapped.crossbars == 2 * 7 * 2 * 5 * 3
-    assert mapped.present.all() and mapped.details["packing"] == "tile"
+    assert mapped.crossbars == mapped.placement.reads == 2 * 7 * 2 * 5 * 3
+    assert not mapped.layout.sparse
 
 
 @pytest.mark.parametrize("packing", ["tile", "column", "ou"])
 def test_all_zero_layer_needs_no_crossbar(packing):
     mapped = sme(packing).map(quantized(np.zeros((1, 100, 40))), GEOMETRY)
-    assert mapped.crossbars == 0 and not mapped.present.any() and mapped.index_bits == 0
+    assert mapped.crossbars == 0 and mapped.placement.reads == 0 and mapped.placement.index_bits == 0
 
 
 @pytest.mark.parametrize(
@@ -85,26 +87,31 @@ def test_one_nonzero_weight(packing, cell_bits, crossbars, present_cells):
     w[0, 70, 33] = -5
     geometry = Geometry(rows=64, cols=32, ou_rows=16, cell_bits=cell_bits)
     mapped = sme(packing).map(quantized(w), geometry)
+    placement = mapped.placement
     assert mapped.crossbars == crossbars
-    assert mapped.present.sum() == present_cells
-    assert not mapped.present[0].any()  # the weight is negative: only the minus set is used
-    assert mapped.read_rows == (16 if packing == "ou" else 64)
+    assert placement.present().sum() == present_cells
+    assert (placement.sign_set[placement.col >= 0] == 1).all()  # the weight is negative: only the minus set
+    assert placement.row.shape[1] == mapped.layout.read_rows == (16 if packing == "ou" else 64)
+    assert (placement.weights() == w).all()
 
 
 def test_index_bits():
     w = np.zeros((1, 100, 40), dtype=np.int64)
     w[0, 70, 33] = -5
     tag = 6 + 3 + 1  # output column of 40, shift among 7 planes, sign among 2 sets
-    assert sme("tile").map(quantized(w), GEOMETRY).index_bits == 0
-    assert sme("column").map(quantized(w), GEOMETRY).index_bits == 2 * tag
-    assert sme("ou").map(quantized(w), GEOMETRY).index_bits == 2 * tag + 1 * 16 * 7  # one band of 16 rows
+    assert sme("tile").map(quantized(w), GEOMETRY).placement.index_bits == 0
+    assert sme("column").map(quantized(w), GEOMETRY).placement.index_bits == 2 * tag
+    assert sme("ou").map(quantized(w), GEOMETRY).placement.index_bits == 2 * tag + 1 * 16 * 7  # one band of 16 rows
 
 
 def test_ou_packs_bands_of_all_segments():
     # every segment-column of plane 0 non-empty: 8 segments x 32 columns = 8 bands of 32, 4 slots per crossbar
     w = np.ones((1, 128, 32), dtype=np.int64)
     mapped = sme("ou").map(quantized(w), GEOMETRY)
-    assert mapped.crossbars == 2
+    assert mapped.crossbars == 2 and mapped.placement.reads == 8
+    assert mapped.placement.reads_per_crossbar().tolist() == [4, 4]
+    rows = mapped.placement.row
+    assert sorted(rows[mapped.placement.crossbar == 0, 0].tolist()) == [0, 16, 32, 48]  # bands stacked
     with pytest.raises(ValueError, match="ou_rows=24"):
         sme("ou").map(quantized(w), Geometry(rows=64, cols=32, ou_rows=24))
 
@@ -116,12 +123,14 @@ def test_dense_column_packing_equals_bitplane():
     assert sme("column").map(q, GEOMETRY).crossbars == bitplane == 2 * 7 * 4 * 2
 
 
-def test_segment_offset_counts_digital_ops():
+def test_segment_offsets_follow_the_read_segments():
     w = np.arange(-64, 64, dtype=np.int64).reshape(1, 128, 1).repeat(3, axis=2)
     mapped = sme("ou", sign="segment-offset").map(quantized(w), GEOMETRY)
-    assert mapped.digital_ops == 8 * 3 - 3  # the segment starting at 0 has a zero offset
+    placement = mapped.placement
+    assert placement.offset_segment[0].tolist() == (np.arange(128) // 16).tolist()
+    assert (placement.offset[0, ::16] == w[0, ::16]).all()  # each segment's minimum
     assert mapped.encoding.levels.max() <= 1 and mapped.encoding.levels.shape[1] == 8
-    assert sme("column", sign="differential").map(quantized(w), GEOMETRY).digital_ops == 0
+    assert not sme("column", sign="differential").map(quantized(w), GEOMETRY).placement.offset.any()
 
 
 def test_hybrid_picks_the_cheaper_mapping():
@@ -134,7 +143,7 @@ def test_hybrid_picks_the_cheaper_mapping():
     rng = np.random.default_rng(2)
     dense = quantized(rng.integers(-127, 128, (1, 128, 64)))
     chosen = hybrid.map(dense, GEOMETRY)
-    assert chosen.details["chosen"] == "isaac" and "packing" not in chosen.details
+    assert chosen.details["chosen"] == "isaac" and not chosen.layout.sparse
     assert chosen.crossbars == IsaacMapper(IsaacMapper.Params()).map(dense, GEOMETRY).crossbars
 
 
@@ -163,13 +172,11 @@ def layers(draw):
 
 
 def check_mapping(mapped, q):
-    """Invariants of every MappedLayer: exact decode, non-zero cells present, present cells fit the crossbars."""
+    """Invariants of every MappedLayer: exact decode, a valid placement of every non-zero cell."""
     assert (mapped.encoding.decode() == q.w_int).all()
+    check_placement(mapped.placement, q, mapped.encoding)
     levels = mapped.encoding.levels
-    assert levels.max(initial=0) < (1 << mapped.encoding.cell_bits)
-    assert not ((levels != 0) & ~mapped.present).any()
-    rows, cols = mapped.geometry.rows, mapped.geometry.cols
-    assert mapped.present.sum() <= mapped.crossbars * rows * cols
+    rows, cols = mapped.placement.rows, mapped.placement.cols
     assert mapped.crossbars >= -(-int((levels != 0).sum()) // (rows * cols))
 
 
