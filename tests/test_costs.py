@@ -65,7 +65,8 @@ def test_ou_reads_take_longer_and_need_fewer_adc_bits():
     assert column["reads_per_crossbar_max"] == 1 and ou["reads_per_crossbar_max"] == 4  # 64 rows, 16 at a time
     assert ou["latency_us"] == pytest.approx(4 * column["latency_us"])
     # full scale = non-zero cells of the read column: at most 16 of an OU read, 64 of a column read
-    assert ou["adc_bits_lossless_max"] <= 5 < column["adc_bits_lossless_max"] <= 7
+    assert ou["adc_bits_lossless_max"] <= 5 and column["adc_bits_lossless_max"] <= 7
+    assert ou["adc_bits_lossless_mean"] < column["adc_bits_lossless_mean"]
 
 
 def test_adc_bits_auto_charges_each_conversion_its_own_resolution():
