@@ -37,6 +37,7 @@ import numpy as np
 from pydantic import Field
 
 from . import signs
+from .errors import ConflictError
 from .hookspecs import hookimpl
 from .params import StrategyParams
 from .placement import assemble, bands_on_crossbars, block_rows, ceil_div, index_bits_for, pack_columns
@@ -49,14 +50,14 @@ Packing = Literal["tile", "column", "ou"]
 def region_shape(packing: str, geometry: Geometry) -> tuple[int, int]:
     """(rows, cols) of the unit a packing allocates: plane-tile, plane-column of a row block, or segment-column."""
     if geometry.rows < 1 or geometry.cols < 1:
-        raise ValueError(f"crossbar must have at least one row and column, got {geometry.rows}x{geometry.cols}")
+        raise ConflictError(f"crossbar must have at least one row and column, got {geometry.rows}x{geometry.cols}")
     if packing in ("tile", "dense"):
         return geometry.rows, geometry.cols
     if packing == "column":
         return geometry.rows, 1
     if packing == "ou":
         if geometry.ou_rows < 1 or geometry.rows % geometry.ou_rows:
-            raise ValueError(f"ou_rows={geometry.ou_rows} must divide the crossbar rows ({geometry.rows})")
+            raise ConflictError(f"ou_rows={geometry.ou_rows} must divide the crossbar rows ({geometry.rows})")
         return geometry.ou_rows, 1
     raise ValueError(f"unknown packing {packing!r}; choose tile, column or ou")
 
@@ -71,7 +72,7 @@ def block_any(array: np.ndarray, block_rows_: int, block_cols: int) -> np.ndarra
 
 def _check_cell_bits(cell_bits: int) -> int:
     if not 1 <= cell_bits <= 8:
-        raise ValueError(f"cell_bits must be in 1..8, got {cell_bits}")
+        raise ConflictError(f"cell_bits must be in 1..8, got {cell_bits}")
     return cell_bits
 
 
@@ -148,8 +149,13 @@ class IsaacMapper(_Mapper):
     def _weight_bits(self, q: QuantizedLayer) -> int:
         weight_bits = self.params.weight_bits or q.bits
         if weight_bits < q.bits:
-            raise ValueError(f"isaac weight_bits={weight_bits} is below the quantizer's {q.bits} bits")
+            raise ConflictError(f"isaac weight_bits={weight_bits} is below the quantizer's {q.bits} bits")
         return weight_bits
+
+    def cells_per_weight(self, q: QuantizedLayer, layout: Layout) -> int:
+        """Adjacent cells one weight takes in a crossbar row: sign sets x cell groups."""
+        sets = 2 if layout.sign == "differential" else 1
+        return sets * -(-signs.encoded_bits(layout.sign, self._weight_bits(q)) // layout.geometry.cell_bits)
 
     def layout(self, q: QuantizedLayer, geometry: Geometry) -> Layout:
         cell_bits = self.params.cell_bits or geometry.cell_bits
@@ -166,7 +172,7 @@ class IsaacMapper(_Mapper):
         cells = n_sets * n_groups
         per_row = cols // cells
         if per_row == 0:
-            raise ValueError(f"isaac: a weight needs {cells} cells, more than the {cols} crossbar columns")
+            raise ConflictError(f"isaac: a weight needs {cells} cells, more than the {cols} crossbar columns")
         row_blocks, col_blocks = ceil_div(n_rows, rows), ceil_div(n_cols, per_row)
         p, rb, cb = (a.ravel() for a in np.indices((parts, row_blocks, col_blocks)))
         slot = np.arange(per_row * cells)
@@ -257,8 +263,10 @@ class HybridMapper(_Mapper):
         return self.isaac if layout.packing == "dense" else self.sme
 
     def layout(self, q: QuantizedLayer, geometry: Geometry) -> Layout:
-        sparse = self.sme.layout(q, geometry)
-        dense = self.isaac.layout(q, geometry)
+        """The ``isaac`` layout where it needs no more crossbars than ``sme`` (and fits the crossbar)."""
+        sparse, dense = self.sme.layout(q, geometry), self.isaac.layout(q, geometry)
+        if dense.geometry.cols < self.isaac.cells_per_weight(q, dense):
+            return sparse
         return sparse if self.sme.map(q, geometry, sparse).crossbars < self.isaac.map(q, geometry, dense).crossbars \
             else dense
 

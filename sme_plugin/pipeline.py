@@ -111,11 +111,11 @@ def stored_sparsity(mapped: MappedLayer) -> list[float]:
     return [round(float(v), 4) for v in (levels == 0).mean(axis=(0, 2))] if levels.size else []
 
 
-def model_error(before: list[QuantizedLayer], after: list[QuantizedLayer]) -> float:
-    """Relative weight error ||W' - W|| / ||W|| over all layers together (real units)."""
-    diff = sum(float(np.sum((a.dequantized() - b.dequantized()) ** 2)) for a, b in zip(after, before))
-    norm = sum(float(np.sum(b.dequantized() ** 2)) for b in before)
-    return (diff / norm) ** 0.5 if norm else 0.0
+def squared_errors(before: QuantizedLayer, after: QuantizedLayer) -> tuple[float, float]:
+    """(||W' - W||^2, ||W||^2) of one layer in real units; summed over layers they give the model's
+    relative weight error without holding every layer's weights."""
+    return (float(np.square(after.dequantized() - before.dequantized()).sum()),
+            float(np.square(before.dequantized()).sum()))
 
 
 def accuracy(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, label: str = "evaluate",
@@ -203,7 +203,7 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
     baselines = baseline_mappers(config, registry)
     simulate = dataset is not None
     mapped = {label: {} for label in SIMULATED}
-    final, layer_reports = [], []
+    layer_reports, error_sums = [], np.zeros(2)
     costs_by_label = {label: [] for label in [*baselines, "sme"]}
     for index, (before, layout) in enumerate(track(list(zip(quantized, layouts)), "map + squeeze", disable=not progress)):
         if joint:
@@ -224,7 +224,7 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
         for label, cost in costs.items():
             costs_by_label[label].append(cost)
         layer_reports.append(layer_report(before, sme, costs))
-        final.append(sme.quantized)
+        error_sums += squared_errors(before, sme.quantized)
         if simulate:  # placements are only kept when the host needs them
             for label in SIMULATED:
                 mapped[label][sme.name] = layer_mappings[label]
@@ -253,7 +253,7 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
             "crossbars": crossbars,
             "reduction": reductions["vs_isaac"],
             "reductions": reductions,
-            "weight_error": round(model_error(quantized, final), 5),
+            "weight_error": round(float(np.sqrt(error_sums[0] / error_sums[1])) if error_sums[1] else 0.0, 5),
         },
         "costs": {label: total_costs(costs) for label, costs in costs_by_label.items()},
         "accuracy": {"float": None, "quantizer_only": None, "quantized": None, **dict.fromkeys(SIMULATED), "samples": 0,
@@ -262,30 +262,68 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
     }
     if simulate:
         report["accuracy"] = evaluate(config, stages, folded, quantized, mapped, dataset, progress)
+        errors = report["accuracy"].pop("output_error")
+        for entry in layer_reports:
+            entry["output_error"] = {label: errors[label][entry["name"]] for label in SIMULATED}
         lap("accuracy")
     return report
 
 
+def output_errors(simulated: torch.nn.Module, reference: torch.nn.Module, names, inputs: torch.Tensor,
+                  batch_size: int = 256) -> dict[str, float]:
+    """Relative RMS error of each named layer's simulated output against the exact integer layer of
+    ``reference`` fed the same input: ``||y - y_ref|| / ||y_ref - bias||`` over ``inputs`` (0: exact)."""
+    simulated_layers, reference_layers = dict(simulated.named_modules()), dict(reference.named_modules())
+    totals = {name: [0.0, 0.0] for name in names}
+
+    def hook(name):
+        def record(module, args, output):
+            exact = reference_layers[name](args[0])
+            signal = exact - reference_layers[name].bias.reshape((-1,) + (1,) * (exact.dim() - 2)).to(exact.dtype)
+            totals[name][0] += float((output.double() - exact.double()).square().sum())
+            totals[name][1] += float(signal.double().square().sum())
+
+        return record
+
+    handles = [simulated_layers[name].register_forward_hook(hook(name)) for name in names]
+    try:
+        with torch.no_grad():
+            for batch in inputs.split(batch_size):
+                simulated(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: round((error / norm) ** 0.5, 6) if norm else 0.0 for name, (error, norm) in totals.items()}
+
+
 def evaluate(config: Config, stages: Stages, model, quantized, mapped, dataset, progress: bool = False) -> dict:
-    """Accuracy of the float model, the digital integer models and every simulated mapping.
+    """Accuracy of the float model, the digital integer models and every simulated mapping, and each
+    simulated layer's output error on the calibration inputs.
 
     mapped: label -> {layer name: MappedLayer} for each label of :data:`SIMULATED`; each runs through the
-    same cells, ADC and DAC (with the same seed)."""
+    same cells, ADC and DAC (with the same seed). Returns the accuracy section of the report, its
+    ``output_error`` being label -> {layer name: relative RMS error}."""
     names = [q.layer.name for q in quantized]
     scales = calibrate_activations(model, names, dataset.calibration_inputs)
     bits = config.activations.bits
     x, y = dataset.test_inputs, dataset.test_labels
     simulation = Simulation(cell=stages.cell, adc=stages.adc, dac=stages.dac, activation_bits=bits, seed=config.seed)
+    digital = {
+        "isaac": digital_model(model, {q.layer.name: q for q in quantized}, bits, scales),
+        "sme": digital_model(model, {n: m.quantized for n, m in mapped["sme"].items()}, bits, scales),
+    }
     result = {
         "dataset": dataset.name,
         "samples": len(x),
         "float": accuracy(model, x, y),
-        "quantizer_only": accuracy(digital_model(model, {q.layer.name: q for q in quantized}, bits, scales), x, y),
-        "quantized": accuracy(digital_model(model, {n: m.quantized for n, m in mapped["sme"].items()}, bits, scales),
-                              x, y),
+        "quantizer_only": accuracy(digital["isaac"], x, y),
+        "quantized": accuracy(digital["sme"], x, y),
+        "output_error": {},
     }
     for label, layers in mapped.items():
         with section("host"):
             simulated = stages.host.build(model, layers, simulation, scales, calibration_inputs=dataset.calibration_inputs)
         result[label] = accuracy(simulated, x, y, f"simulate {label} crossbars", progress)
+        result["output_error"][label] = output_errors(simulated, digital[label], list(layers),
+                                                      dataset.calibration_inputs)
     return result

@@ -1,0 +1,52 @@
+"""The whole pipeline on the digits model: ideal components reproduce the digital integer models exactly,
+noisy components cost accuracy, and every reported count comes from the placements."""
+
+import pytest
+
+from sme_plugin.config import load_config
+from sme_plugin.pipeline import run
+from sme_plugin.plugins import build_registry, plugin_manager
+
+SMALL = {"dataset": {"name": "digits", "samples": 60, "calibration": 32}}
+IDEAL = {"cell": {"name": "ideal"}, "adc": {"name": "ideal"}, "dac": {"name": "ideal", "bits": 1}}
+
+
+def run_config(data: dict) -> dict:
+    registry = build_registry(plugin_manager(load_entrypoints=False))
+    return run(load_config({**SMALL, **data}, registry), registry)
+
+
+MAPPINGS = [
+    {"mapper": {"name": "sme", "packing": "ou", "sign": "segment-offset"}, "squeezer": {"name": "sme", "budget": 0.02}},
+    {"mapper": {"name": "sme", "packing": "column", "sign": "differential"}, "squeezer": {"name": "row-compact"}},
+    {"mapper": {"name": "sme", "packing": "tile", "sign": "offset"}, "squeezer": {"name": "tile-empty", "budget": 0.05}},
+    {"mapper": {"name": "hybrid", "packing": "column"}, "squeezer": {"name": "none"}},
+    {"mapper": {"name": "bitplane"}, "orchestrator": {"name": "none"}, "squeezer": {"name": "none"}},
+    {"mapper": {"name": "isaac"}, "orchestrator": {"name": "none"}, "squeezer": {"name": "none"}},
+]
+
+
+@pytest.mark.parametrize("mapping", MAPPINGS, ids=lambda m: f"{m['mapper']['name']}-{m['squeezer']['name']}")
+def test_ideal_components_reproduce_the_integer_models(mapping):
+    report = run_config({**IDEAL, **mapping})
+    acc = report["accuracy"]
+    assert acc["sme"] == acc["quantized"] and acc["isaac"] == acc["quantizer_only"]
+    for layer in report["layers"]:
+        assert layer["output_error"] == {"sme": 0.0, "isaac": 0.0}
+        assert layer["crossbars"]["sme"] == layer["costs"]["sme"]["crossbars"]
+
+
+def test_noisy_components_cost_output_error():
+    report = run_config({"cell": {"name": "slc", "preset": "grossi2016"}, "adc": {"name": "noisy", "bits": "auto"}})
+    errors = [layer["output_error"]["sme"] for layer in report["layers"]]
+    assert all(e > 0 for e in errors)
+    assert all(layer["output_error"]["isaac"] > 0 for layer in report["layers"])
+
+
+def test_headline_costs_sit_next_to_the_crossbars():
+    report = run_config({"dataset": None})
+    for label in ("sme", "isaac", "isaac16", "bitplane"):
+        cost = report["costs"][label]
+        assert cost["crossbars"] == report["totals"]["crossbars"][label]
+        assert cost["energy_uj"] == pytest.approx(cost["energy_analog_uj"] + cost["energy_digital_uj"])
+        assert cost["latency_us"] > 0 and cost["area_mm2"] > 0 and cost["adc_conversions"] > 0
