@@ -113,7 +113,12 @@ class Strategy:
     plugin: str
 
     def build(self):
-        return self.factory(self.params)
+        """The strategy object, checked against its kind's contract (:mod:`~sme_plugin.contracts`)."""
+        from .contracts import check_strategy
+
+        built = self.factory(self.params)
+        check_strategy(self.kind, self.name, built, self.plugin)
+        return built
 
     def as_dict(self) -> dict:
         return {"name": self.name, **self.params.model_dump(mode="json")}

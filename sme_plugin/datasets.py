@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from pydantic import Field
 
 from .errors import ConfigError
 from .hookspecs import hookimpl
 from .params import StrategyParams
-from .types import Dataset
+
+if TYPE_CHECKING:
+    import torch
+
+    from .types import Dataset
 
 #: the digits split never changes: the built-in ``digits`` model trains on its train part.
 DIGITS_TEST_FRACTION = 0.3
@@ -39,6 +44,8 @@ def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def digits_train() -> tuple[torch.Tensor, torch.Tensor]:
     """Training split of ``digits``: inputs (n, 1, 8, 8) float32 in [0, 1] and labels (n,) int64."""
+    import torch
+
     x_train, y_train, _, _ = _digits_split()
     return torch.from_numpy(x_train.copy()), torch.from_numpy(y_train.copy())
 
@@ -59,14 +66,18 @@ class DigitsDataset:
         """
 
         samples: int | None = Field(None, ge=1)
-        calibration: int = Field(256, ge=1)
-        seed: int = Field(0, ge=0)
+        calibration: int = Field(256, ge=1, le=1_000_000)
+        seed: int = Field(0, ge=0, le=2**32 - 1)
 
     def __init__(self, params: Params):
         self.params = params
 
     def load(self) -> Dataset:
         """The test split (capped to ``samples``) and ``calibration`` training images."""
+        import torch
+
+        from .types import Dataset
+
         x_train, _, x_test, y_test = _digits_split()
         p = self.params
         if p.calibration > len(x_train):

@@ -4,7 +4,8 @@ digits CNN that trains itself on first use.
 ResNet-50 and MobileNet-v2 are 224x224 RGB, 1000-class ImageNet networks whose module names and
 state_dict keys match torchvision's, so torchvision checkpoints load unchanged. Without a checkpoint
 they are randomly initialised (seeded) and reported as ``weights="random"``: good for crossbar
-counts, meaningless for accuracy.
+counts, meaningless for accuracy. The torch networks live in :mod:`~sme_plugin.networks`, imported
+when a model is built.
 """
 
 from __future__ import annotations
@@ -16,209 +17,19 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import Field
-from torch import nn
-from torch.nn import functional as F
 
-from .datasets import digits_train
-from .errors import WeightsError
 from .hookspecs import hookimpl
 from .params import StrategyParams
-from .types import ModelBundle
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .types import ModelBundle
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------- ResNet-50
-class Bottleneck(nn.Module):
-    """ResNet v1.5 bottleneck (stride on the 3x3 conv), torchvision names."""
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1):
-        super().__init__()
-        out = planes * self.expansion
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or inplanes != out:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.relu(self.bn2(self.conv2(y)))
-        return self.relu(self.bn3(self.conv3(y)) + identity)
-
-
-class ResNet50(nn.Module):
-    """ResNet-50 for 224x224 RGB input (25,557,032 parameters with 1000 classes)."""
-
-    def __init__(self, num_classes: int = 1000):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        inplanes = 64
-        for index, (planes, blocks, stride) in enumerate([(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)]):
-            layer = []
-            for block in range(blocks):
-                layer.append(Bottleneck(inplanes, planes, stride if block == 0 else 1))
-                inplanes = planes * Bottleneck.expansion
-            setattr(self, f"layer{index + 1}", nn.Sequential(*layer))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(inplanes, num_classes)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-# ------------------------------------------------------------------------------------------- MobileNet-v2
-def _conv_bn_relu6(inp: int, out: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    """torchvision's Conv2dNormActivation: keys ``0`` (conv), ``1`` (BatchNorm), ``2`` (ReLU6)."""
-    conv = nn.Conv2d(inp, out, kernel, stride=stride, padding=(kernel - 1) // 2, groups=groups, bias=False)
-    return nn.Sequential(conv, nn.BatchNorm2d(out), nn.ReLU6(inplace=True))
-
-
-class InvertedResidual(nn.Module):
-    """MobileNet-v2 block: 1x1 expand (if ``expand_ratio`` > 1), 3x3 depthwise, 1x1 linear projection."""
-
-    def __init__(self, inp: int, out: int, stride: int, expand_ratio: int):
-        super().__init__()
-        hidden = inp * expand_ratio
-        self.use_res_connect = stride == 1 and inp == out
-        layers = [_conv_bn_relu6(inp, hidden, kernel=1)] if expand_ratio != 1 else []
-        layers += [
-            _conv_bn_relu6(hidden, hidden, stride=stride, groups=hidden),
-            nn.Conv2d(hidden, out, 1, bias=False),
-            nn.BatchNorm2d(out),
-        ]
-        self.conv = nn.Sequential(*layers)
-
-    def forward(self, x):
-        y = self.conv(x)
-        return x + y if self.use_res_connect else y
-
-
-class MobileNetV2(nn.Module):
-    """MobileNet-v2 1.0 for 224x224 RGB input (3,504,872 parameters with 1000 classes)."""
-
-    #: (expand ratio t, output channels c, repeats n, first stride s), as in the paper and torchvision.
-    SETTINGS = (
-        (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
-    )
-
-    def __init__(self, num_classes: int = 1000):
-        super().__init__()
-        layers = [_conv_bn_relu6(3, 32, stride=2)]
-        inp = 32
-        for t, c, n, s in self.SETTINGS:
-            for i in range(n):
-                layers.append(InvertedResidual(inp, c, s if i == 0 else 1, t))
-                inp = c
-        layers.append(_conv_bn_relu6(inp, 1280, kernel=1))
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
-
-    def forward(self, x):
-        x = F.adaptive_avg_pool2d(self.features(x), 1)
-        return self.classifier(torch.flatten(x, 1))
-
-
-# ------------------------------------------------------------------------------------------------- digits
-class DigitsNet(nn.Module):
-    """Small CNN for 1x8x8 digits: three 3x3 conv+BN+ReLU (16, 32, 32 channels; 2x2 max-pool after the
-    second), then a linear classifier over the 32x4x4 features."""
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(32)
-        self.pool = nn.MaxPool2d(2)
-        self.conv3 = nn.Conv2d(32, 32, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(32)
-        self.fc = nn.Linear(32 * 4 * 4, num_classes)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.pool(F.relu(self.bn2(self.conv2(x))))
-        x = F.relu(self.bn3(self.conv3(x)))
-        return self.fc(torch.flatten(x, 1))
-
-
-# --------------------------------------------------------------------------------------------- checkpoints
-def _few(keys) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:5]) + (f" (and {len(keys) - 5} more)" if len(keys) > 5 else "")
-
-
-def load_checkpoint(module: nn.Module, path: str | os.PathLike) -> None:
-    """Load a checkpoint file into ``module`` after checking it fully.
-
-    Accepts a raw state_dict or a dict holding one under ``"state_dict"`` or ``"model"``; a
-    ``"module."`` prefix (DataParallel) is stripped. Raises :class:`WeightsError` naming the file and
-    the problem: missing or unreadable file, missing/unexpected keys, shape mismatches, NaN/Inf values.
-    BatchNorm ``num_batches_tracked`` counters may be absent.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"weights file {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for corrupt or pickled-object files
-        raise WeightsError(
-            f"weights file {str(path)!r} is not a readable torch checkpoint ({type(error).__name__}); "
-            "expected a state_dict of tensors saved with torch.save (loaded with weights_only=True)"
-        ) from None
-    if isinstance(state, dict):
-        state = next((state[k] for k in ("state_dict", "model") if isinstance(state.get(k), dict)), state)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"weights file {str(path)!r} does not hold a state_dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-
-    expected = module.state_dict()
-    missing = {k for k in expected.keys() - state.keys() if not k.endswith("num_batches_tracked")}
-    unexpected = state.keys() - expected.keys()
-    if missing or unexpected:
-        problems = ([f"missing keys {_few(missing)}"] if missing else []) + (
-            [f"unexpected keys {_few(unexpected)}"] if unexpected else []
-        )
-        raise WeightsError(f"weights file {str(path)!r} does not match the model: {'; '.join(problems)}")
-    for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise WeightsError(
-                f"weights file {str(path)!r}: {key} has shape {tuple(value.shape)}, "
-                f"the model expects {tuple(expected[key].shape)}"
-            )
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise WeightsError(f"weights file {str(path)!r}: {key} contains NaN or Inf")
-    module.load_state_dict({**expected, **state})
-
-
-def _init_weights(module: nn.Module) -> None:
-    """torchvision-style random init: Kaiming (fan-out) convs, unit BatchNorm, N(0, 0.01) linear layers."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-        if getattr(m, "bias", None) is not None and not isinstance(m, nn.BatchNorm2d):
-            nn.init.zeros_(m.bias)
 
 
 # ----------------------------------------------------------------------------------------------- builders
@@ -232,8 +43,8 @@ class ModelParams(StrategyParams):
         Seed of the random initialisation.
     """
 
-    weights: str | None = None
-    seed: int = Field(0, ge=0)
+    weights: str | None = Field(None, min_length=1, max_length=4096)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
 class _Builder:
@@ -242,7 +53,7 @@ class _Builder:
     name: str
     input_shape: tuple[int, int, int]
     num_classes: int
-    network: type[nn.Module]
+    network: str  # class name in sme_plugin.networks
 
     def __init__(self, params: ModelParams):
         self.params = params
@@ -253,14 +64,19 @@ class _Builder:
 
     def build(self) -> ModelBundle:
         """The model in eval mode, with its weights' origin (``random``, ``trained`` or the path)."""
+        import torch
+
+        from . import networks
+        from .types import ModelBundle
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.params.seed)
-            module = self.network(self.num_classes)
-            _init_weights(module)
+            module = getattr(networks, self.network)(self.num_classes)
+            networks._init_weights(module)
         if self.params.weights is None:
             label = self._builtin_weights(module)
         else:
-            load_checkpoint(module, self.params.weights)
+            networks.load_checkpoint(module, self.params.weights)
             label = self.params.weights
         return ModelBundle(self.name, module.eval(), label, self.input_shape, self.num_classes)
 
@@ -269,14 +85,14 @@ class ResNet50Model(_Builder):
     """ResNet-50 (ImageNet, 224x224 RGB); random weights unless a checkpoint is given."""
 
     Params = ModelParams
-    name, input_shape, num_classes, network = "resnet50", (3, 224, 224), 1000, ResNet50
+    name, input_shape, num_classes, network = "resnet50", (3, 224, 224), 1000, "ResNet50"
 
 
 class MobileNetV2Model(_Builder):
     """MobileNet-v2 1.0 (ImageNet, 224x224 RGB); random weights unless a checkpoint is given."""
 
     Params = ModelParams
-    name, input_shape, num_classes, network = "mobilenet_v2", (3, 224, 224), 1000, MobileNetV2
+    name, input_shape, num_classes, network = "mobilenet_v2", (3, 224, 224), 1000, "MobileNetV2"
 
 
 def cache_dir() -> Path:
@@ -285,6 +101,8 @@ def cache_dir() -> Path:
 
 
 def _save_atomically(state: dict, path: Path) -> None:
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -313,14 +131,14 @@ class DigitsModel(_Builder):
 
         epochs: int = Field(20, ge=1, le=1000)
 
-    name, input_shape, num_classes, network = "digits", (1, 8, 8), 10, DigitsNet
+    name, input_shape, num_classes, network = "digits", (1, 8, 8), 10, "DigitsNet"
     LEARNING_RATE = 3e-3
     BATCH_SIZE = 32
 
     def cache_path(self) -> Path:
         """Cache file of the trained state_dict, keyed by architecture and training settings."""
         settings = {
-            "architecture": repr(DigitsNet(self.num_classes)),
+            "architecture": repr(_network("DigitsNet")(self.num_classes)),
             "epochs": self.params.epochs,
             "seed": self.params.seed,
             "lr": self.LEARNING_RATE,
@@ -333,7 +151,7 @@ class DigitsModel(_Builder):
     def _builtin_weights(self, module: nn.Module) -> str:
         path = self.cache_path()
         if path.is_file():
-            load_checkpoint(module, path)
+            _network("load_checkpoint")(module, path)
             log.info("digits model: loaded trained weights from %s", path)
             return "trained"
         self._train(module)
@@ -346,6 +164,11 @@ class DigitsModel(_Builder):
 
     def _train(self, module: nn.Module) -> None:
         """Train in place on the digits train split (cross-entropy, Adam); seeded and deterministic."""
+        import torch
+        from torch.nn import functional as F
+
+        from .datasets import digits_train
+
         x, y = digits_train()
         generator = torch.Generator().manual_seed(self.params.seed)
         optimizer = torch.optim.Adam(module.parameters(), lr=self.LEARNING_RATE)
@@ -360,6 +183,22 @@ class DigitsModel(_Builder):
                 optimizer.step()
                 schedule.step()
         module.eval()
+
+
+def _network(name: str):
+    from . import networks
+
+    return getattr(networks, name)
+
+
+#: names that moved to :mod:`~sme_plugin.networks` (torch), still importable from here.
+_MOVED = ("Bottleneck", "ResNet50", "InvertedResidual", "MobileNetV2", "DigitsNet", "load_checkpoint", "_init_weights")
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        return _network(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @hookimpl

@@ -1,48 +1,79 @@
-"""Figures for report.md (matplotlib, Agg backend): crossbars per layer and bit-plane sparsity."""
+"""Figures for report.md (matplotlib, Agg backend): crossbars per layer and bit-plane sparsity.
+
+Layers are listed top to bottom with horizontal bars, so names stay legible (8 pt) however many
+layers a model has; the figure grows in height with the layer count.
+"""
 
 from __future__ import annotations
 
 import io
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .report import LABELS
 
-LABELS = ("isaac", "isaac16", "bitplane", "sme")
+#: inches per layer row of the crossbar panel, and the font size of layer names.
+ROW_INCHES = 0.28
+FONT = 8
+
+
+def _padded(rows: list[list[float]]) -> np.ndarray:
+    """(layers, planes) array of ragged per-layer lists, NaN where a layer has fewer planes."""
+    width = max((len(row) for row in rows), default=0)
+    out = np.full((len(rows), width), np.nan)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
 
 
 def summary_png(report: dict) -> bytes:
-    """PNG with crossbars per layer for every mapping label (log scale) and zero fractions per plane
-    (weight-weighted mean over layers): magnitude bit planes of the quantized and of the final weights,
-    and the cell groups SME actually stores (after sign encoding and orchestration)."""
+    """PNG with crossbars per layer for every mapping label (log scale, one row per layer) and zero
+    fractions per plane (weight-weighted mean over the layers that have the plane): magnitude bit
+    planes of the quantized and of the final weights, and the cell groups SME actually stores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     layers = report["layers"]
     labels = [label for label in LABELS if label in report["totals"]["crossbars"]]
-    fig, (bars, planes) = plt.subplots(
-        1, 2, figsize=(min(4 + 0.25 * len(layers) * len(labels), 24), 4), width_ratios=[3, 1]
-    )
-    x = np.arange(len(layers))
-    width = 0.8 / len(labels)
+    n = max(len(layers), 1)
+    bars_height = 1.2 + ROW_INCHES * n
+    fig = plt.figure(figsize=(9, bars_height + 3.2))
+    grid = fig.add_gridspec(2, 1, height_ratios=[bars_height, 3.2])
+    bars, planes = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
+    y = np.arange(len(layers))
+    height = 0.8 / max(len(labels), 1)
     for i, label in enumerate(labels):
-        bars.bar(x + i * width, [lay["crossbars"][label] for lay in layers], width, label=label)
-    bars.set_yscale("log")
-    bars.set_xticks(x + 0.4 - width / 2, [lay["name"] for lay in layers], rotation=90, fontsize=6)
-    bars.set_ylabel("crossbars")
-    bars.set_title(f"{report['model']['name']}: crossbars per layer")
-    bars.legend(fontsize=7)
+        counts = [max(lay["crossbars"][label], 0) for lay in layers]
+        bars.barh(y + (i - (len(labels) - 1) / 2) * height, counts, height, label=label)
+    if any(lay["crossbars"][label] > 0 for lay in layers for label in labels):
+        bars.set_xscale("log")
+    bars.set_yticks(y, [lay["name"] for lay in layers], fontsize=FONT)
+    bars.set_ylim(len(layers) - 0.5, -0.5)
+    bars.set_xlabel("crossbars")
+    bars.set_title(f"{report['model']['name']}: crossbars per layer ({len(layers)} layers)", fontsize=FONT + 2)
+    bars.legend(fontsize=FONT, loc="lower right")
+    bars.grid(axis="x", alpha=0.3)
+
     weights = np.array([lay["weights"] for lay in layers], dtype=float)
     series = (("bit_sparsity_before", "magnitude, quantized"), ("bit_sparsity", "magnitude, final"),
               ("stored_sparsity", "stored cell groups (SME)"))
     for key, name in series:
-        sparsity = np.array([lay[key] for lay in layers], dtype=float)  # (layers, planes)
-        planes.plot(np.arange(sparsity.shape[1]), weights @ sparsity / weights.sum(), marker="o", label=name)
-    planes.set_xlabel("bit plane / cell group (LSB = 0)")
-    planes.set_ylabel("zero fraction")
+        sparsity = _padded([lay.get(key, []) for lay in layers])  # (layers, planes)
+        if sparsity.size == 0:
+            continue
+        have = ~np.isnan(sparsity)
+        total = (weights[:, None] * have).sum(axis=0)
+        mean = np.where(total > 0, np.nansum(weights[:, None] * np.nan_to_num(sparsity), axis=0) / np.maximum(total, 1e-300), np.nan)
+        planes.plot(np.arange(sparsity.shape[1]), mean, marker="o", label=name)
+    planes.set_xlabel("bit plane / cell group (LSB = 0)", fontsize=FONT + 1)
+    planes.set_ylabel("zero fraction", fontsize=FONT + 1)
     planes.set_ylim(0, 1)
-    planes.legend(fontsize=7)
+    planes.legend(fontsize=FONT)
+    planes.grid(alpha=0.3)
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
     return buffer.getvalue()

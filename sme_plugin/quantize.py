@@ -12,7 +12,6 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field
-from sklearn.cluster import KMeans
 
 from .bitsets import project_to_set
 from .errors import WeightsError
@@ -162,6 +161,8 @@ class KMeansQuantizer:
         if existing.size > self.params.sample:
             existing = rng.choice(existing, self.params.sample, replace=False)
         clusters = min(self.params.clusters, np.unique(existing).size)
+        from sklearn.cluster import KMeans
+
         fit = KMeans(n_clusters=clusters, n_init=2, random_state=self.params.seed).fit(existing[:, None])
         return np.sort(fit.cluster_centers_.ravel())
 

@@ -1,15 +1,44 @@
-"""Reports: report.json for scripts, report.md for people; both written atomically."""
+"""Reports: report.json for scripts (strict JSON), report.md for people and its figure summary.png,
+replaced together or not at all."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import OutputError
-from .plots import LABELS, summary_png
+
+#: mapping labels in the order reports list them.
+LABELS = ("isaac", "isaac16", "bitplane", "sme")
+
+
+def format_reduction(value) -> str:
+    """The one format of a crossbar reduction factor everywhere (console, report.md): ``1.50x``."""
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def non_finite(value, path: str = "") -> list[str]:
+    """Paths of every NaN/inf number in a JSON-like value."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [f"{path or '.'} = {value}"]
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in non_finite(item, f"{path}.{key}" if path else str(key))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, item in enumerate(value) for p in non_finite(item, f"{path}[{i}]")]
+    return []
+
+
+def to_json(report: dict) -> str:
+    """Strict JSON text of a report; a NaN/inf anywhere is an error naming where (never bare NaN)."""
+    bad = non_finite(report)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(f"report has non-finite values: {', '.join(bad[:3])}{more}")
+    return json.dumps(report, indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
 @contextmanager
@@ -34,21 +63,46 @@ def prepare_output(directory: str | Path):
 
 
 def write_atomically(files: dict[Path, str | bytes]) -> None:
-    """Write every file (text or bytes) to a temporary sibling first, then rename them all into place."""
-    temps = []
+    """Replace every file together or none: write each to a temporary sibling, set the old files
+    aside, rename the new ones into place, then drop the old ones; on any failure (or interrupt) the
+    old files are put back and every temporary file is removed."""
+    temps: list[tuple[str, Path]] = []
+    aside: list[tuple[Path, str]] = []
+    placed: list[Path] = []
     try:
         for target, content in files.items():
+            if target.is_dir() and not target.is_symlink():
+                raise IsADirectoryError(21, "a directory is in the way", str(target))
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
             temps.append((tmp, target))
-            with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as handle:
+            with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w", **({} if isinstance(content, bytes) else {"encoding": "utf-8"})) as handle:
                 handle.write(content)
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
+        for _, target in temps:
+            if target.exists() or target.is_symlink():
+                backup = str(target.parent / f".{target.name}.old.{os.getpid()}")
+                os.replace(target, backup)
+                aside.append((target, backup))
         for tmp, target in temps:
             os.replace(tmp, target)
-    except OSError as error:
+            placed.append(target)
+    except BaseException as error:
+        for target in placed:
+            Path(target).unlink(missing_ok=True)
+        for target, backup in aside:
+            try:
+                os.replace(backup, target)
+            except OSError:  # pragma: no cover - nothing better to do
+                pass
         for tmp, _ in temps:
             Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write the report into {next(iter(files)).parent}: {error.strerror or error}") from None
+        if isinstance(error, OSError):
+            where = getattr(error, "filename", None) or next(iter(files)).parent
+            raise OutputError(f"cannot write the report into {next(iter(files)).parent}: "
+                              f"{error.strerror or error} ({where})") from None
+        raise
+    for _, backup in aside:
+        Path(backup).unlink(missing_ok=True)
 
 
 def _umask() -> int:
@@ -67,6 +121,38 @@ def _fmt(value) -> str:
     return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _params_text(section: dict | None) -> str:
+    if not section:
+        return "none"
+    params = ", ".join(f"{k}={json.dumps(v)}" for k, v in section.items() if k != "name")
+    return f"`{section['name']}`" + (f" ({params})" if params else "")
+
+
+def _components(report: dict) -> str:
+    """Every component and budget of the run, the seed and the output (from report['config'])."""
+    config = report.get("config", {})
+    rows = [[kind, _params_text(config.get(kind))] for kind in
+            ("model", "dataset", "quantizer", "orchestrator", "mapper", "squeezer", "cell", "adc", "dac", "host")
+            if kind in config]
+    if "activations" in config:
+        rows.append(["activations", ", ".join(f"{k}={v}" for k, v in config["activations"].items())])
+    budgets = [f"{kind}.budget={config[kind]['budget']}" for kind in ("orchestrator", "squeezer")
+               if isinstance(config.get(kind), dict) and "budget" in config[kind]]
+    rows.append(["budgets", ", ".join(budgets) or "none"])
+    rows.append(["seed", str(config.get("seed", "—"))])
+    if config.get("plugins"):
+        rows.append(["plugins", ", ".join(config["plugins"])])
+    return _table(["component", "strategy and parameters"], rows)
+
+
+def _timings(report: dict) -> str:
+    timing = report.get("timing_s", {})
+    if not timing:
+        return "No timings recorded."
+    return _table(["stage", "seconds"], [[k, _fmt(float(v))] for k, v in timing.items()] +
+                  [["total", _fmt(float(sum(timing.values())))]])
+
+
 def markdown(report: dict, extra_sections=()) -> str:
     """The human report."""
     totals, model, acc = report["totals"], report["model"], report["accuracy"]
@@ -75,11 +161,15 @@ def markdown(report: dict, extra_sections=()) -> str:
     parts = [
         f"# SME report — {model['name']} ({model['weights']} weights)",
         f"Crossbars {g['rows']}x{g['cols']}, {g['cell']} cells of {g['cell_bits']} bit(s), OU rows {g['ou_rows']}, "
-        f"depthwise convention `{model['depthwise']}`; config: {report['config_source']}.",
+        f"depthwise convention `{model['depthwise']}`; config: {report['config_source']}; "
+        f"SME {report.get('sme_version', '?')}.",
+        "## Configuration",
+        _components(report),
         "## Crossbars",
         _table(["mapping", "crossbars", "reduction by SME"],
-               [[label, totals["crossbars"][label], _fmt(totals["reductions"].get(f"vs_{label}"))] for label in labels]),
-        f"Reduction against the ISAAC baseline at the same weight width: **{_fmt(totals['reduction'])}x**; "
+               [[label, totals["crossbars"][label], format_reduction(totals["reductions"].get(f"vs_{label}"))]
+                for label in labels]),
+        f"Reduction against the ISAAC baseline at the same weight width: **{format_reduction(totals['reduction'])}**; "
         f"weight error of the SME mapping ||W'-W||/||W|| = {_fmt(totals['weight_error'])}.",
         "![crossbars per layer and bit-plane sparsity](summary.png)",
         "## Accuracy",
@@ -96,17 +186,19 @@ def markdown(report: dict, extra_sections=()) -> str:
                  *[lay["crossbars"][label] for label in labels], lay["adc_bits"]["lossless_max"], _fmt(lay["weight_error"])]
                 for lay in report["layers"]]),
     ]
+    parts += ["## Timings", _timings(report)]
     for title, body in extra_sections:
         parts += [f"## {title}", body]
     return "\n\n".join(parts) + "\n"
 
 
 def write_report(report: dict, directory: Path, extra_sections=()) -> dict[str, Path]:
-    """Write report.json, report.md and its figure summary.png into ``directory`` atomically."""
+    """Write report.json, report.md and its figure summary.png into ``directory``: everything is
+    rendered first (strict JSON, the figure), then the three files replace the old ones together."""
+    from .plots import summary_png
+
     paths = {"json": directory / "report.json", "md": directory / "report.md", "png": directory / "summary.png"}
-    write_atomically({
-        paths["json"]: json.dumps(report, indent=2, sort_keys=False) + "\n",
-        paths["md"]: markdown(report, extra_sections),
-        paths["png"]: summary_png(report),
-    })
+    contents = {paths["json"]: to_json(report), paths["md"]: markdown(report, extra_sections),
+                paths["png"]: summary_png(report)}
+    write_atomically(contents)
     return paths

@@ -96,7 +96,8 @@ def test_third_party_squeezer_selected_from_yaml(tmp_path, monkeypatch):
     from sme_plugin import cli, plugins
 
     real = plugins.plugin_manager
-    monkeypatch.setattr(cli, "plugin_manager", lambda: real(load_entrypoints=False, extra_plugins=[ThirdParty()]))
+    monkeypatch.setattr(plugins, "plugin_manager",
+                        lambda **kw: real(load_entrypoints=False, extra_plugins=[ThirdParty()], **kw))
     data = {"dataset": None, "squeezer": {"name": "keep", "note": "from yaml"}}
     report, out = run_cli(tmp_path, data)
     assert KeepSqueezer.calls == len(report["layers"])
@@ -114,8 +115,8 @@ def test_mobilenet_v2_counts_per_layer(tmp_path):
     assert report["totals"]["crossbars"]["isaac"] == 2526
 
 
-def fail(capsys, args):
-    assert main(args) == 2
+def fail(capsys, args, code=3):
+    assert main(args) == code
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
     return err
@@ -134,7 +135,7 @@ def test_nan_weights_are_rejected_before_writing(tmp_path, capsys):
     state["conv2.weight"][0, 0, 0, 0] = float("nan")
     torch.save(state, tmp_path / "nan.pt")
     err = fail(capsys, ["run", write_config(tmp_path, {"model": {"name": "digits", "weights": str(tmp_path / "nan.pt")}}),
-                        "--output", str(tmp_path / "out")])
+                        "--output", str(tmp_path / "out")], code=4)
     assert "conv2.weight" in err and "NaN" in err
     assert not (tmp_path / "out" / "report.json").exists()
 
@@ -142,14 +143,14 @@ def test_nan_weights_are_rejected_before_writing(tmp_path, capsys):
 def test_checkpoint_of_another_architecture_is_rejected(tmp_path, capsys):
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
     err = fail(capsys, ["run", "--model", "resnet50", "--output", str(tmp_path / "out"),
-                        write_config(tmp_path, {"model": {"name": "resnet50", "weights": str(tmp_path / "other.pt")}})])
+                        write_config(tmp_path, {"model": {"name": "resnet50", "weights": str(tmp_path / "other.pt")}})], code=4)
     assert "other.pt" in err
 
 
 def test_unwritable_output_directory(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    err = fail(capsys, ["run", "--output", str(blocker / "out")])
+    err = fail(capsys, ["run", "--output", str(blocker / "out")], code=5)
     assert "output directory" in err
 
 
