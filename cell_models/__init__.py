@@ -1,14 +1,22 @@
-"""ReRAM cell models (ideal, SLC, MLC), registered as an SME plugin through ``sme_register_cell_models``."""
+"""ReRAM cell models (ideal, SLC, MLC), registered as an SME plugin through ``sme_register_cell_models``.
 
-from sme_plugin.hookspecs import hookimpl
+Installed as ``sme_cell_models`` (a unique top-level name); ``import cell_models`` from a source checkout
+resolves to the same module objects.
+"""
 
-from .reram import PRESETS, IdealCell, MLCCell, PhysicalCell, SLCCell
+if __name__ == "cell_models":  # a source checkout imported by its folder name: become the installed package
+    from sme_plugin._alias import alias_package as _alias
 
-__all__ = ["PRESETS", "IdealCell", "MLCCell", "PhysicalCell", "SLCCell"]
+    _alias(__name__, "sme_cell_models")
+else:
+    from sme_plugin.hookspecs import hookimpl
 
+    from .reram import PRESETS, IdealCell, MLCCell, PhysicalCell, SLCCell
 
-@hookimpl
-def sme_register_cell_models(register):
-    register("ideal", IdealCell)
-    register("slc", SLCCell)
-    register("mlc", MLCCell)
+    __all__ = ["PRESETS", "IdealCell", "MLCCell", "PhysicalCell", "SLCCell"]
+
+    @hookimpl
+    def sme_register_cell_models(register):
+        register("ideal", IdealCell)
+        register("slc", SLCCell)
+        register("mlc", MLCCell)

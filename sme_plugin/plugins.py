@@ -38,6 +38,9 @@ DEFAULT_PLUGINS = (
     "cell_models",
     "adapters",
 )
+#: plugin name -> module, where they differ: the repository's cell_models/ and adapters/ folders are
+#: installed as sme_cell_models and sme_adapters (unique top-level names).
+PLUGIN_MODULES = {"cell_models": "sme_cell_models", "adapters": "sme_adapters"}
 
 #: registry kind -> hook name; the kind is also the config section that selects it.
 KINDS = {
@@ -122,7 +125,7 @@ def plugin_manager(load_entrypoints: bool | None = None, extra_plugins=(), extra
         pm.set_blocked(name)
     for module_name in DEFAULT_PLUGINS:
         if not pm.is_blocked(module_name):
-            pm.register(importlib.import_module(module_name), name=module_name)
+            pm.register(importlib.import_module(PLUGIN_MODULES.get(module_name, module_name)), name=module_name)
     if load_entrypoints is None:
         load_entrypoints = os.environ.get("SME_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
     if load_entrypoints:
