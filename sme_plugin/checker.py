@@ -4,6 +4,7 @@
 :class:`~sme_plugin.types.Placement` against the physics (see ``design.md``, "The placement is the
 physical truth"):
 
+- offset correction segments stay within one part;
 - every used slot fits its crossbar (row < rows, col < cols, crossbar id in ``[0, crossbars)``) and
   every counted crossbar holds at least one cell;
 - no two cells share a physical (crossbar, row, col);
@@ -59,6 +60,14 @@ def _check_shapes(p: Placement) -> None:
     for name, shape in expected.items():
         if getattr(p, name).shape != shape:
             _fail(f"placement.{name} has shape {getattr(p, name).shape}, expected {shape}")
+    segment = p.offset_segment
+    part_of = np.broadcast_to(np.arange(p.shape[0])[:, None], segment.shape)
+    if (segment < 0).any():
+        _fail(f"offset segment ids must be >= 0, got {int(segment.min())}")
+    pairs = np.unique(np.stack([segment.ravel(), part_of.ravel()], axis=1), axis=0)
+    dup = _first_duplicate(pairs[:, :1])
+    if dup is not None:  # its correction o * sum(x over the segment) would add another part's inputs
+        _fail(f"offset segment {pairs[dup[0], 0]} spans parts {pairs[dup[0], 1]} and {pairs[dup[1], 1]}")
     if not np.isin(p.signs, (-1, 1)).all():
         _fail(f"placement.signs must be +1/-1, got {p.signs.tolist()}")
 

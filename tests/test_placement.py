@@ -106,10 +106,19 @@ def test_each_rule_is_caught(edits, message):
 def test_cell_joining_two_parts_is_caught():
     placement, q, enc = hand_made()
     two = replace(placement, shape=(2, 2, 2), offset=np.zeros((2, 2, 2), dtype=np.int64),
-                  offset_segment=np.zeros((2, 2), dtype=np.int64))
+                  offset_segment=np.array([[0, 0], [1, 1]]))
     with pytest.raises(PlacementError, match=r"read 2, row slot 0, column slot 0: cell joins input 3 of part 1 "
                                              r"to output 0 of part 0"):
         check_placement(edited(two, input={(2, 0): 3}))
+
+
+def test_offset_segment_spanning_parts_is_caught():
+    placement, q, enc = hand_made()
+    two = replace(placement, shape=(2, 2, 2), offset=np.zeros((2, 2, 2), dtype=np.int64),
+                  offset_segment=np.array([[0, 0], [1, 1]]))
+    check_placement(two)
+    with pytest.raises(PlacementError, match=r"offset segment 1 spans parts 0 and 1"):
+        check_placement(replace(two, offset_segment=np.array([[0, 1], [1, 2]])))
 
 
 def test_encoding_mismatches_are_caught():
@@ -164,7 +173,7 @@ def column_layout(enc, rows, cols):
     return Placement(shape=(parts, n_rows, n_cols), rows=rows, cols=cols, crossbars=r, crossbar=np.arange(r),
                      row=row, col=col, input=inp, output=out, sign_set=sign_set, group=group, levels=levels,
                      signs=enc.signs, cell_bits=enc.cell_bits, offset=enc.offset,
-                     offset_segment=np.zeros((parts, n_rows), np.int64))
+                     offset_segment=np.repeat(np.arange(parts)[:, None], n_rows, axis=1))
 
 
 def test_empty_placement_of_a_zero_layer_is_valid():
