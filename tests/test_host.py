@@ -1,3 +1,5 @@
+"""Standalone host: it simulates exactly the placement, and with ideal parts reproduces x @ w bit for bit."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,21 +8,25 @@ from hypothesis import strategies as st
 from torch import nn
 
 from cell_models import IdealCell, MLCCell, SLCCell
-from sme_plugin import errors, mapping, orchestrate, squeeze
-from sme_plugin.converters import IdealADC, IdealDAC, NoisyADC, UniformADC, lossless_bits
+from sme_plugin import errors
+from sme_plugin.checker import check_placement
+from sme_plugin.converters import IdealADC, IdealDAC, NoisyADC, NoisyDAC, UniformADC, lossless_bits
 from sme_plugin.host import (
     CrossbarLayer,
+    CrossbarPlan,
     Simulation,
     StandaloneHost,
     calibrate_activations,
     crossbar_matmul,
     digital_model,
 )
-from sme_plugin.plugins import registry_of
+from sme_plugin.placement import assemble
+from sme_plugin.plugins import build_registry, plugin_manager
 from sme_plugin.signs import SIGN_SCHEMES, encode
-from sme_plugin.types import Geometry, Layer, MappedLayer, MappingContext, QuantizedLayer
+from sme_plugin.types import Geometry, Layer, MappedLayer, QuantizedLayer
 
 torch.set_num_threads(1)
+REGISTRY = build_registry(plugin_manager(load_entrypoints=False))
 
 
 def quantized(name, weight, mask, bits, kind="linear", bias=None, **layer_kw):
@@ -33,30 +39,50 @@ def quantized(name, weight, mask, bits, kind="linear", bias=None, **layer_kw):
     return QuantizedLayer(layer, w_int, scale, bits)
 
 
-def mapped_layer(q, cell_bits, scheme, read_rows, rng, present="all", permute=False, segment_rows=8):
-    """MappedLayer built straight from signs.encode, optionally with permuted rows/cols and sparse ``present``."""
-    P, N, M = q.w_int.shape
-    row_order = col_order = None
-    w, mask = q.w_int, q.layer.mask
-    if permute:
-        row_order = rng.permuted(np.tile(np.arange(N), (P, 1)), axis=1)
-        col_order = rng.permuted(np.tile(np.arange(M), (P, 1)), axis=1)
-        pick = lambda a: np.take_along_axis(np.take_along_axis(a, row_order[:, :, None], 1), col_order[:, None, :], 2)  # noqa: E731
-        w, mask = pick(w), pick(mask)
-    enc = encode(w, mask, q.bits, cell_bits, scheme, segment_rows)
-    cells = np.ones(enc.levels.shape, bool) if present == "all" else (rng.random(enc.levels.shape) < 0.5) | (enc.levels > 0)
-    return MappedLayer(q, enc, cells, Geometry(cell_bits=cell_bits), read_rows, crossbars=1, label="test",
-                       row_order=row_order, col_order=col_order)
+def integer_layer(w_int, bits, mask=None):
+    mask = np.ones(w_int.shape, bool) if mask is None else mask
+    layer = Layer("fc", "linear", w_int.astype(np.float32), mask, None, w_int.shape[2])
+    return QuantizedLayer(layer, np.asarray(w_int, dtype=np.int64), np.ones((1, 1, 1)), bits)
 
 
-def sim_of(cell=None, adc=None, dac_bits=1, activation_bits=8, seed=0, cell_bits=1):
+def random_placement(q, cell_bits, scheme, read_rows, cols, rng, bands=2, empty=0.2, segment_rows=None):
+    """A MappedLayer of ``q`` on a random valid placement: per (part, block of ``read_rows`` rows), its
+    (sign set, group, column) level columns (non-empty ones, plus a fraction ``empty`` of empty ones)
+    shuffled and packed ``cols`` to a read, so one read mixes sign sets and groups; row slots in random
+    order (unused slots anywhere); ``bands`` reads stacked per crossbar."""
+    enc = encode(q.w_int, q.layer.mask, q.bits, cell_bits, scheme, segment_rows or read_rows)
+    n_sets, n_groups, parts, n_rows, n_cols = enc.levels.shape
+    reads = []
+    for p in range(parts):
+        for start in range(0, n_rows, read_rows):
+            block = enc.levels[:, :, p, start:start + read_rows]
+            keep = block.any(axis=2) | (rng.random(block.shape[:2] + block.shape[3:]) < empty)
+            columns = rng.permutation(np.argwhere(keep))  # (s, g, m)
+            for first in range(0, len(columns), cols):
+                rows = np.full(read_rows, -1)
+                rows[rng.permutation(read_rows)[: min(read_rows, n_rows - start)]] = start + np.arange(
+                    min(read_rows, n_rows - start))
+                reads.append((p, rows, columns[first:first + cols]))
+    count = len(reads)
+    column, sign_set, group = (np.full((count, cols), fill) for fill in (-1, 0, 0))
+    for i, (_, _, chosen) in enumerate(reads):
+        sign_set[i, : len(chosen)], group[i, : len(chosen)], column[i, : len(chosen)] = chosen.T
+    index = np.arange(count)
+    placement = assemble(
+        enc, rows=read_rows * bands, cols=cols, part=np.array([r[0] for r in reads], dtype=np.int64),
+        logical_rows=np.array([r[1] for r in reads]).reshape(count, read_rows),
+        physical_rows=(index % bands)[:, None] * read_rows + np.arange(read_rows), crossbar=index // bands,
+        crossbars=-(-count // bands), column=column, sign_set=sign_set, group=group, segment_rows=read_rows)
+    return MappedLayer(quantized=q, encoding=enc, placement=placement, layout=None, label="test")
+
+
+def sim_of(cell=None, adc=None, dac_bits=1, activation_bits=8, seed=0, cell_bits=1, dac=None):
     return Simulation(cell or IdealCell(IdealCell.Params(bits=cell_bits)), adc or IdealADC(IdealADC.Params()),
-                      IdealDAC(IdealDAC.Params(bits=dac_bits)), activation_bits, seed)
+                      dac or IdealDAC(IdealDAC.Params(bits=dac_bits)), activation_bits, seed)
 
 
-def program(mapped, sim, seed=0):
-    return sim.cell.program(torch.as_tensor(mapped.encoding.levels), torch.as_tensor(mapped.present),
-                            torch.Generator().manual_seed(seed))
+def exact(x, w_int):
+    return torch.as_tensor(np.einsum("rpn,pnm->rpm", np.asarray(x, dtype=np.int64), w_int), dtype=torch.float64)
 
 
 @st.composite
@@ -65,10 +91,10 @@ def golden_cases(draw):
     return dict(
         shape=(P, N, M), bits=draw(st.integers(2, 9)), cell_bits=draw(st.integers(1, 4)),
         scheme=draw(st.sampled_from(SIGN_SCHEMES)), read_rows=draw(st.integers(1, N + 3)),
-        dac_bits=draw(st.integers(1, 8)), activation_bits=draw(st.integers(1, 9)),
-        signed=draw(st.booleans()), present=draw(st.sampled_from(["all", "random"])),
-        permute=draw(st.booleans()), segment_rows=draw(st.integers(1, N)), adc=draw(st.sampled_from(["ideal", "uniform"])),
-        rows=draw(st.integers(1, 5)), seed=draw(st.integers(0, 2**31)),
+        cols=draw(st.integers(1, 9)), dac_bits=draw(st.integers(1, 8)), activation_bits=draw(st.integers(1, 9)),
+        signed=draw(st.booleans()), path=draw(st.sampled_from([None, "integer", "analog"])),
+        adc=draw(st.sampled_from(["ideal", "auto", "rounded"])), rows=draw(st.integers(1, 5)),
+        density=draw(st.sampled_from([0.8, 0.2, 0.0])), seed=draw(st.integers(0, 2**31)),
     )
 
 
@@ -76,45 +102,197 @@ def random_integers(rng, case):
     P, N, M = case["shape"]
     wmax = (1 << (case["bits"] - 1)) - 1
     mask = rng.random((P, N, M)) < 0.8
-    w_int = np.where(mask, rng.integers(-wmax, wmax + 1, (P, N, M)), 0)
+    w_int = np.where(mask & (rng.random(mask.shape) < case["density"]), rng.integers(-wmax, wmax + 1, (P, N, M)), 0)
     xmax = (1 << case["activation_bits"]) - 1
     x = rng.integers(-xmax if case["signed"] else 0, xmax + 1, (case["rows"], P, N))
     return w_int, mask, x
 
 
-@settings(max_examples=250, deadline=None)
+def adc_of(kind, placement, dac_bits):
+    """An ADC that converts every column sum exactly: ideal, ``auto`` bits, or fixed bits at least the
+    lossless ones with the result rounded to whole levels."""
+    if kind == "auto":
+        return UniformADC(UniformADC.Params(bits="auto"))
+    if kind == "rounded":
+        bits = max(1, lossless_bits(placement.full_scale(dac_bits)))
+        return UniformADC(UniformADC.Params(bits=min(16, bits + 1), round_to_levels=True))
+    return None
+
+
+@settings(max_examples=200, deadline=None)
 @given(golden_cases())
-def test_golden_rule_bit_exact(case):
+def test_golden_rule_on_random_placements(case):
+    """Ideal cells and DAC, an exact ADC: every path reproduces x @ w_int bit for bit, on placements that
+    mix sign sets and cell groups in a read, permute row slots and stack reads on crossbars."""
     rng = np.random.default_rng(case["seed"])
     w_int, mask, x = random_integers(rng, case)
-    q = QuantizedLayer(Layer("fc", "linear", w_int.astype(np.float32), mask, None, case["shape"][2]), w_int,
-                       np.ones((1, 1, 1)), case["bits"])
-    mapped = mapped_layer(q, case["cell_bits"], case["scheme"], case["read_rows"], rng, case["present"],
-                          case["permute"], case["segment_rows"])
-    fs = case["read_rows"] * ((1 << case["cell_bits"]) - 1) * ((1 << case["dac_bits"]) - 1)
-    adc = None
-    if case["adc"] == "uniform" and lossless_bits(fs) <= 16:
-        adc = UniformADC(UniformADC.Params(bits=max(1, lossless_bits(fs))))
-    sim = sim_of(adc=adc, dac_bits=case["dac_bits"], activation_bits=case["activation_bits"], cell_bits=case["cell_bits"])
-    y = crossbar_matmul(torch.as_tensor(x, dtype=torch.float64), mapped, program(mapped, sim), sim)
-    expected = torch.as_tensor(np.einsum("rpn,pnm->rpm", x, w_int), dtype=torch.float64)
-    assert torch.equal(y, expected)
+    q = integer_layer(w_int, case["bits"], mask)
+    mapped = random_placement(q, case["cell_bits"], case["scheme"], case["read_rows"], case["cols"], rng)
+    check_placement(mapped.placement, q, mapped.encoding)
+    adc = adc_of(case["adc"], mapped.placement, case["dac_bits"])
+    sim = sim_of(adc=adc, dac_bits=case["dac_bits"], activation_bits=case["activation_bits"],
+                 cell_bits=case["cell_bits"])
+    y = crossbar_matmul(torch.as_tensor(x, dtype=torch.float64), mapped, sim, path=case["path"], chunk_mib=0.05)
+    assert torch.equal(y, exact(x, w_int))
 
 
-def test_one_adc_bit_short_of_lossless_breaks_exactness():
-    w_int = np.full((1, 16, 2), 7)
-    q = QuantizedLayer(Layer("fc", "linear", w_int.astype(np.float32), np.ones_like(w_int, bool), None, 2),
-                       w_int, np.ones((1, 1, 1)), 4)
-    mapped = mapped_layer(q, 1, "differential", 16, np.random.default_rng(0))
-    x = torch.full((1, 1, 16), 3.0)
-    x[..., 0] = 0  # column sums of 15 per cycle: not a multiple of the 4-bit step 16/15
-    exact = sim_of(adc=UniformADC(UniformADC.Params(bits=5)), activation_bits=2)  # 16 rows -> 5 bits lossless
-    short = sim_of(adc=UniformADC(UniformADC.Params(bits=4)), activation_bits=2)
+def test_paths_follow_the_components():
+    rng = np.random.default_rng(0)
+    q = integer_layer(rng.integers(-7, 8, (1, 20, 6)), 4)
+    mapped = random_placement(q, 1, "differential", 8, 4, rng)
+    path = lambda **sim: CrossbarPlan(mapped, sim_of(**sim)).path  # noqa: E731
+    assert path() == "fused"
+    assert path(adc=UniformADC(UniformADC.Params(bits="auto"))) == "fused"  # lossless
+    assert path(adc=NoisyADC(NoisyADC.Params(bits="auto"))) == "integer"
+    assert path(adc=UniformADC(UniformADC.Params(bits=6))) == "integer"
+    assert path(dac=NoisyDAC(NoisyDAC.Params(sigma=0.1))) == "analog"
+    assert path(dac=NoisyDAC(NoisyDAC.Params(sigma=0.0))) == "fused"  # behaves ideally
+    assert path(cell=SLCCell(SLCCell.Params(read_sigma=0.0))) == "analog"
+    with pytest.raises(ValueError, match="the fused path needs ideal cells and DAC and a lossless ADC"):
+        CrossbarPlan(mapped, sim_of(adc=UniformADC(UniformADC.Params(bits=6))), path="fused")
+    with pytest.raises(ValueError, match="path must be one of"):
+        CrossbarPlan(mapped, sim_of(), path="fast")
+
+
+def test_adc_resolution_decides_exactness():
+    """16 rows of weight 7 (3 SLC planes), 2-bit inputs: column sums up to 16, 5 bits lossless. A code is
+    worth its own LSB (16/31 at 5 bits): exact with ``auto`` bits (LSB = 1 level) or with the result
+    rounded to whole levels, not with a plain 5-bit code or too few bits."""
+    q = integer_layer(np.full((1, 16, 2), 7), 4)
+    mapped = random_placement(q, 1, "differential", 16, 8, np.random.default_rng(0), empty=0.0)
+    x = torch.full((1, 1, 16), 3.0, dtype=torch.float64)
+    x[..., 0] = 0  # column sums of 15 per cycle
     expected = torch.full((1, 1, 2), 15 * 3 * 7.0, dtype=torch.float64)
-    assert torch.equal(crossbar_matmul(x, mapped, program(mapped, exact), exact), expected)
-    assert not torch.equal(crossbar_matmul(x, mapped, program(mapped, short), short), expected)
+    for params, equal in [(dict(bits="auto"), True), (dict(bits=5, round_to_levels=True), True),
+                          (dict(bits=5), False), (dict(bits=3, round_to_levels=True), False)]:
+        sim = sim_of(adc=UniformADC(UniformADC.Params(**params)), activation_bits=2)
+        assert torch.equal(crossbar_matmul(x, mapped, sim, path="integer"), expected) == equal, params
     with pytest.raises(ValueError, match="activation range"):
-        crossbar_matmul(x * 2, mapped, program(mapped, exact), exact)
+        crossbar_matmul(x * 2, mapped, sim_of(activation_bits=2))
+
+
+def test_adc_sees_each_read_column_with_its_own_full_scale():
+    """A plain 6-bit ADC (LSB = full_scale / 63) quantizes each column on its own range: the integer path
+    equals a direct read-by-read simulation of the placement with the same ADC."""
+    rng = np.random.default_rng(1)
+    q = integer_layer(rng.integers(-127, 128, (1, 40, 5)), 8)
+    mapped = random_placement(q, 2, "offset", 16, 6, rng)
+    p = mapped.placement
+    adc = UniformADC(UniformADC.Params(bits=3))
+    x = rng.integers(0, 256, (4, 1, 40))
+    y = crossbar_matmul(torch.as_tensor(x, dtype=torch.float64), mapped, sim_of(adc=adc, cell_bits=2, dac_bits=2))
+    full_scale, coef = torch.as_tensor(p.full_scale(2), dtype=torch.float32), p.coefficients()
+    xin = np.concatenate([x.reshape(4, -1), np.zeros((4, 1), np.int64)], axis=1)[:, p.input]  # (B, R, K)
+    expected = np.einsum("rpn,pnm->rpm", x, p.offset).reshape(4, -1).astype(np.float64)
+    for t in range(4):
+        digit = (xin >> (2 * t)) & 3
+        sums = torch.as_tensor(np.einsum("brk,rkj->brj", digit, p.levels.astype(np.int64)), dtype=torch.float32)
+        codes = adc.convert(sums, full_scale, None).double().numpy()  # float32, as the host converts
+        for r, j in zip(*np.nonzero(p.col >= 0)):
+            expected[:, p.output[r, j]] += codes[:, r, j] * coef[r, j] * 4**t
+    expected = torch.as_tensor(expected)  # float32 splicing of non-integer codes: equal to ~1e-7
+    assert torch.allclose(y.reshape(4, -1), expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
+    assert not torch.equal(y, exact(x, q.w_int))
+
+
+def test_absent_cells_and_empty_columns_draw_no_current():
+    rng = np.random.default_rng(0)
+    q = integer_layer(rng.integers(-7, 8, (2, 20, 3)), 4)
+    mapped = random_placement(q, 1, "differential", 8, 5, rng, empty=0.5)
+    p = mapped.placement
+    x = torch.as_tensor(rng.integers(0, 200, (4, 2, 20)), dtype=torch.float64)
+    sim = sim_of(adc=NoisyADC(NoisyADC.Params(bits=6)))
+    present = torch.as_tensor(p.present())
+    programmed = torch.where(present, torch.as_tensor(p.levels, dtype=torch.float64) * 1.01 + 0.01, 0.0)
+    garbage = torch.where(present, programmed, 1e3)  # huge conductance where no cell exists
+    clean = crossbar_matmul(x, mapped, sim, conductance=programmed)
+    assert torch.equal(crossbar_matmul(x, mapped, sim, conductance=garbage), clean)
+    # a layer of zeros stores only level-0 cells: no column converts, even with faulty cells and noisy ADCs
+    zero = random_placement(integer_layer(np.zeros((2, 20, 3), np.int64), 4), 2, "differential", 8, 5, rng, empty=1.0)
+    assert zero.placement.reads > 0
+    faulty = MLCCell(MLCCell.Params(bits=2, program_sigma=0.5, read_sigma=0.3, stuck_at_1=0.5))
+    y = crossbar_matmul(x, zero, sim_of(cell=faulty, adc=NoisyADC(NoisyADC.Params(bits=4)), cell_bits=2))
+    assert torch.equal(y, torch.zeros(4, 2, 3, dtype=torch.float64))
+
+
+def test_chunking_and_memory_cap_do_not_change_exact_results():
+    rng = np.random.default_rng(5)
+    q = integer_layer(rng.integers(-127, 128, (2, 70, 9)), 8)
+    mapped = random_placement(q, 2, "segment-offset", 16, 8, rng)
+    x = torch.as_tensor(rng.integers(-255, 256, (37, 2, 70)), dtype=torch.float64)
+    adc = UniformADC(UniformADC.Params(bits=16, round_to_levels=True))
+    for path in ("fused", "integer", "analog"):
+        sim = sim_of(adc=None if path == "fused" else adc, cell_bits=2)
+        for batch_rows, chunk_mib in [(1, 256), (5, 256), (4096, 0.01), (4096, 256)]:
+            y = crossbar_matmul(x, mapped, sim, path=path, batch_rows=batch_rows, chunk_mib=chunk_mib)
+            assert torch.equal(y, exact(x, q.w_int)), (path, batch_rows, chunk_mib)
+
+
+def peak_bytes(fn) -> int:
+    """Largest net size of the CPU tensors allocated while ``fn`` runs (torch profiler memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start)
+    level = peak = 0
+    for event in events:
+        level += event.cpu_memory_usage
+        peak = max(peak, level)
+    return peak
+
+
+@pytest.mark.parametrize("mode", ["integer", "analog"])
+def test_chunk_mib_caps_the_temporaries(mode):
+    """chunk_mib bounds what one call allocates at once (beyond inputs and outputs) to within 25 %."""
+    rng = np.random.default_rng(0)
+    q = integer_layer(rng.integers(-127, 128, (1, 200, 32)), 8)
+    mapped = random_placement(q, 1, "differential", 64, 64, rng, empty=0.0)
+    cell = IdealCell(IdealCell.Params()) if mode == "integer" else SLCCell(SLCCell.Params())
+    sim = sim_of(cell=cell, adc=NoisyADC(NoisyADC.Params(bits=6)))
+    layer = CrossbarLayer(nn.Linear(200, 32), mapped, sim, 1.0, "cpu", 4096, 1 << 20)
+    x = torch.as_tensor(rng.integers(0, 256, (256, 1, 200)), dtype=torch.float64)
+    io = x.numel() * 8 * 2 + 256 * 32 * 8 * 2
+    for cap in (1 << 19, 2 << 20):
+        layer.chunk_bytes = cap
+        assert peak_bytes(lambda: layer.integer_matmul(x)) < 1.25 * cap + io
+
+
+def test_noise_is_deterministic_for_a_seed():
+    rng = np.random.default_rng(2)
+    q = integer_layer(rng.integers(-127, 128, (1, 50, 6)), 8)
+    mapped = random_placement(q, 1, "differential", 16, 8, rng)
+    x = torch.as_tensor(rng.integers(0, 256, (6, 1, 50)), dtype=torch.float64)
+    noisy = dict(cell=SLCCell(SLCCell.Params(preset="grossi2016")), adc=NoisyADC(NoisyADC.Params(bits=5)),
+                 dac=NoisyDAC(NoisyDAC.Params(sigma=0.05)))
+    for parts in [("cell",), ("adc",), ("dac",), ("cell", "adc", "dac")]:
+        run = lambda seed: crossbar_matmul(x, mapped, sim_of(seed=seed, **{k: noisy[k] for k in parts}))  # noqa: E731
+        first = run(3)
+        assert torch.equal(first, run(3))
+        assert not torch.equal(first, run(4))
+        assert not torch.equal(first, exact(x, q.w_int))
+        assert float((first - exact(x, q.w_int)).norm() / exact(x, q.w_int).norm()) < 0.5
+
+
+def test_read_noise_scales_with_the_applied_conductances():
+    """Read noise only (no programming spread): zero inputs give exactly zero, and the error grows with
+    read_sigma."""
+    rng = np.random.default_rng(4)
+    q = integer_layer(rng.integers(-127, 128, (1, 64, 8)), 8)
+    mapped = random_placement(q, 1, "differential", 32, 8, rng)
+    x = torch.as_tensor(rng.integers(0, 256, (16, 1, 64)), dtype=torch.float64)
+    levels = torch.as_tensor(mapped.placement.levels, dtype=torch.float64)
+    errors_ = []
+    for sigma in (0.01, 0.1):
+        cell = SLCCell(SLCCell.Params(read_sigma=sigma))
+        y = crossbar_matmul(x, mapped, sim_of(cell=cell), conductance=levels)
+        errors_.append(float((y - exact(x, q.w_int)).norm()))
+        assert torch.equal(crossbar_matmul(torch.zeros_like(x), mapped, sim_of(cell=cell), conductance=levels),
+                           torch.zeros(16, 1, 8, dtype=torch.float64))
+    assert 0 < errors_[0] < errors_[1]
+
+
+# --- models through the host ------------------------------------------------------------------------------
 
 
 class Net(nn.Module):
@@ -168,6 +346,12 @@ def net_setup():
     return small_net()
 
 
+def mapper(name, **params):
+    factory = REGISTRY.get("mapper", name).factory
+    fields = factory.Params.model_fields
+    return factory(factory.Params(**{k: v for k, v in params.items() if k in fields}))
+
+
 def test_calibrate_activations_records_input_peaks(net_setup):
     net, inputs, qs, scales = net_setup
     assert scales["features.0"] == pytest.approx(float(inputs.abs().max()))
@@ -191,69 +375,44 @@ def test_digital_model_tracks_float_model(net_setup):
         digital_model(net, qs, 8, {})
 
 
-@pytest.mark.parametrize("scheme,cell_bits,dac_bits,read_rows", [
-    ("differential", 1, 1, 128), ("offset", 2, 2, 16), ("segment-offset", 3, 1, 5),
+@pytest.mark.parametrize("name,params,cell_bits,dac_bits,adc", [
+    ("sme", dict(sign="differential", packing="column"), 1, 1, None),
+    ("sme", dict(sign="segment-offset", packing="ou"), 2, 2, "auto"),
+    ("isaac", dict(sign="offset"), 2, 1, None),
+    ("bitplane", dict(sign="differential"), 3, 1, "rounded"),
 ])
-def test_crossbar_model_equals_digital_with_ideal_parts(net_setup, scheme, cell_bits, dac_bits, read_rows):
+def test_crossbar_model_equals_digital_model(net_setup, name, params, cell_bits, dac_bits, adc):
     net, inputs, qs, scales = net_setup
-    rng = np.random.default_rng(1)
-    mapped = {n: mapped_layer(q, cell_bits, scheme, read_rows, rng, "random", permute=True) for n, q in qs.items()}
-    host = StandaloneHost(StandaloneHost.Params(batch_rows=37))
-    built = host.build(net, mapped, sim_of(dac_bits=dac_bits, cell_bits=cell_bits), scales)
+    geometry = Geometry(rows=16, cols=16, ou_rows=4, cell_bits=cell_bits)
+    mapped = {n: mapper(name, **params).map(q, geometry) for n, q in qs.items()}
+    some = next(iter(mapped.values())).placement
+    host = StandaloneHost(StandaloneHost.Params(batch_rows=37, chunk_mib=1))
+    built = host.build(net, mapped, sim_of(dac_bits=dac_bits, cell_bits=cell_bits,
+                                           adc=adc_of(adc, some, dac_bits) if adc != "rounded" else
+                                           UniformADC(UniformADC.Params(bits=12, round_to_levels=True))), scales)
     assert isinstance(built.features[2], CrossbarLayer)
-    assert torch.equal(built(inputs), digital_model(net, qs, 8, scales)(inputs))
-
-
-def noisy_build(net_setup, seed, cell=True, adc=True):
-    net, inputs, qs, scales = net_setup
-    rng = np.random.default_rng(2)
-    mapped = {n: mapped_layer(q, 1, "differential", 16, rng) for n, q in qs.items()}
-    sim = sim_of(cell=SLCCell(SLCCell.Params(preset="grossi2016")) if cell else None,
-                 adc=NoisyADC(NoisyADC.Params(bits=5, noise_lsb=1.0)) if adc else None, seed=seed)
-    return StandaloneHost(StandaloneHost.Params()).build(net, mapped, sim, scales)(inputs)
-
-
-@pytest.mark.parametrize("cell,adc", [(True, False), (False, True), (True, True)])
-def test_noise_is_deterministic_for_a_seed(net_setup, cell, adc):
-    first, again = noisy_build(net_setup, 3, cell, adc), noisy_build(net_setup, 3, cell, adc)
-    assert torch.equal(first, again)
-    assert not torch.equal(first, noisy_build(net_setup, 4, cell, adc))
-    assert not torch.equal(first, noisy_build(net_setup, 3, False, False))
-
-
-def test_absent_cells_draw_no_current_even_with_noise():
-    w_int = np.zeros((2, 20, 3), np.int64)
-    q = QuantizedLayer(Layer("fc", "linear", w_int.astype(np.float32), np.ones(w_int.shape, bool), None, 3),
-                       w_int, np.ones((1, 1, 1)), 6)
-    mapped = mapped_layer(q, 2, "offset", 8, np.random.default_rng(0))
-    mapped.present = mapped.encoding.levels > 0  # only the offset-encoded cells stay
-    faulty = SLCCell.Params(program_sigma=0.5, read_sigma=0.3, stuck_at_1=0.5)
-    sim = sim_of(cell=MLCCell(MLCCell.Params(bits=2, **faulty.model_dump(exclude_none=True))))
-    x = torch.as_tensor(np.random.default_rng(1).integers(0, 200, (4, 2, 20)), dtype=torch.float64)
-    mapped.present[:] = False
-    assert torch.equal(crossbar_matmul(x, mapped, program(mapped, sim), sim),
-                       torch.einsum("rpn,pnm->rpm", x, torch.as_tensor(mapped.encoding.offset, dtype=torch.float64)))
-    mapped.present[:] = True  # the same cells, now present, do conduct (stuck-at-1, variation)
-    assert not torch.equal(crossbar_matmul(x, mapped, program(mapped, sim), sim),
-                           torch.zeros(4, 2, 3, dtype=torch.float64) + x.sum(2, keepdim=True) * -32)
+    with torch.no_grad():
+        assert torch.equal(built(inputs), digital_model(net, qs, 8, scales)(inputs))
 
 
 def test_calibrated_adc_full_scale(net_setup):
     net, inputs, qs, scales = net_setup
-    rng = np.random.default_rng(3)
-    mapped = {n: mapped_layer(q, 1, "differential", 64, rng) for n, q in qs.items()}
+    geometry = Geometry(rows=64, cols=32, cell_bits=1)
+    mapped = {n: mapper("sme", sign="differential", packing="column").map(q, geometry) for n, q in qs.items()}
     host = StandaloneHost(StandaloneHost.Params())
     calibrated = sim_of(adc=UniformADC(UniformADC.Params(bits=4, full_scale="calibrated")))
     with pytest.raises(ValueError, match="calibration_inputs"):
         host.build(net, mapped, calibrated, scales)
     built = host.build(net, mapped, calibrated, scales, calibration_inputs=inputs)
-    layer = built.features[0]
-    assert layer.observed is None and torch.all(layer.full_scale <= layer.plan.lossless_scale)
-    assert torch.any(layer.full_scale < layer.plan.lossless_scale)
+    plan = built.features[0].plan
+    assert plan.observed is None
+    full, lossless = plan.column_scales("full"), plan.column_scales("lossless")
+    assert torch.all(full <= lossless) and torch.any(full < lossless) and torch.all((full > 0) == (lossless > 0))
     reference = digital_model(net, qs, 8, scales)(inputs)
-    lossless = host.build(net, mapped, sim_of(adc=UniformADC(UniformADC.Params(bits=4))), scales)(inputs)
+    lossless_run = host.build(net, mapped, sim_of(adc=UniformADC(UniformADC.Params(bits=4))), scales)(inputs)
     error = lambda out: float((out - reference).abs().mean())  # noqa: E731
-    assert error(built(inputs)) < error(lossless)
+    with torch.no_grad():
+        assert error(built(inputs)) < error(lossless_run)
 
 
 def test_linear_on_higher_rank_inputs_and_chunking():
@@ -262,8 +421,10 @@ def test_linear_on_higher_rank_inputs_and_chunking():
     inputs = torch.randn(3, 4, 10)
     q = conv_layer("0", net[0], 1, 6)
     scales = calibrate_activations(net, ["0"], inputs)
-    mapped = {"0": mapped_layer(q, 2, "differential", 3, np.random.default_rng(0))}
-    outs = [StandaloneHost(StandaloneHost.Params(batch_rows=b)).build(net, mapped, sim_of(cell_bits=2, activation_bits=5), scales)(inputs)
+    mapped = {"0": mapper("sme", sign="differential", packing="ou").map(q, Geometry(rows=8, cols=8, ou_rows=2,
+                                                                                    cell_bits=2))}
+    sim = sim_of(cell_bits=2, activation_bits=5, adc=UniformADC(UniformADC.Params(bits=8, round_to_levels=True)))
+    outs = [StandaloneHost(StandaloneHost.Params(batch_rows=b)).build(net, mapped, sim, scales)(inputs)
             for b in (1, 5, 4096)]
     reference = digital_model(net, {"0": q}, 5, scales)(inputs)
     assert outs[0].shape == (3, 4, 7)
@@ -272,90 +433,84 @@ def test_linear_on_higher_rank_inputs_and_chunking():
 
 def test_bad_inputs_raise_clear_errors(net_setup):
     net, inputs, qs, scales = net_setup
-    mapped = {"fc": mapped_layer(qs["fc"], 2, "differential", 8, np.random.default_rng(0))}
-    with pytest.raises(ValueError, match="2-bit cells"):
+    mapped = {"fc": mapper("sme").map(qs["fc"], Geometry(rows=16, cols=16, cell_bits=2))}
+    with pytest.raises(ValueError, match="mapped for 2-bit cells, but the cell model stores 1 bits"):
         StandaloneHost(StandaloneHost.Params()).build(net, mapped, sim_of(cell_bits=1), scales)
     with pytest.raises(ValueError, match="do not fit"):
         digital_model(net, {"features.2": qs["fc"]}, 8, scales)
+    plan = CrossbarPlan(mapped["fc"], sim_of(cell_bits=2))
+    with pytest.raises(ValueError, match=r"inputs must be \(rows, 1, 96\)"):
+        plan.matmul(torch.zeros(2, 1, 95, dtype=torch.float64), torch.Generator())
+    with pytest.raises(ValueError, match="conductance"):
+        CrossbarPlan(mapped["fc"], sim_of(cell_bits=2), conductance=torch.zeros(1, 2, 3))
     if not torch.cuda.is_available():
         with pytest.raises(errors.ConfigError, match="cuda"):
             StandaloneHost(StandaloneHost.Params(device="cuda"))
         assert StandaloneHost(StandaloneHost.Params(device="auto")).device.type == "cpu"
     with pytest.raises(ValueError):
         StandaloneHost.Params(batch_rows=0)
+    with pytest.raises(ValueError):
+        StandaloneHost.Params(chunk_mib=0)
 
 
-MAPPERS = registry_of(mapping).entries["mapper"]
-ORCHESTRATORS = registry_of(orchestrate).entries["orchestrator"]
-SQUEEZERS = registry_of(squeeze).entries["squeezer"]
+# --- every registered mapper and squeezer ------------------------------------------------------------------
 
 
 @st.composite
-def mapper_cases(draw):
+def strategy_cases(draw):
+    name = draw(st.sampled_from(REGISTRY.names("mapper")))
+    sign = draw(st.sampled_from(SIGN_SCHEMES))
     rows = draw(st.sampled_from([8, 16, 32]))
-    params = {"sign": draw(st.sampled_from(SIGN_SCHEMES))}
-    name = draw(st.sampled_from(sorted(MAPPERS)))
-    fields = MAPPERS[name].factory.Params.model_fields
-    if "packing" in fields:
-        params["packing"] = draw(st.sampled_from(["tile", "column", "ou"]))
-    if "weight_bits" in fields:  # isaac: its own weight width and cells, as for ISAAC-16
-        params["weight_bits"] = draw(st.sampled_from([None, 12]))
-        params["cell_bits"] = draw(st.sampled_from([None, 2]))
-    geometry = Geometry(rows=rows, cols=32, ou_rows=draw(st.sampled_from([2, 4, 8])), cell_bits=draw(st.integers(1, 4)))
-    return name, params, geometry
+    params = dict(sign=sign, isaac_sign=sign, packing=draw(st.sampled_from(["tile", "column", "ou"])),
+                  weight_bits=draw(st.sampled_from([None, 12])), cell_bits=draw(st.sampled_from([None, 2])))
+    geometry = Geometry(rows=rows, cols=64, ou_rows=draw(st.sampled_from([2, 4, 8])), cell_bits=draw(st.integers(1, 4)))
+    squeezer = REGISTRY.get("squeezer", draw(st.sampled_from(REGISTRY.names("squeezer")))).factory
+    fields = squeezer.Params.model_fields
+    squeeze_params = {k: v for k, v in dict(budget=draw(st.sampled_from([0.0, 0.3])), threshold=draw(
+        st.sampled_from([0, 4])), reorder=draw(st.booleans())).items() if k in fields}
+    return name, params, geometry, squeezer(squeezer.Params(**squeeze_params))
 
 
-@st.composite
-def squeezer_cases(draw):
-    """A registered squeezer with drawn params (error budget, threshold, reordering) where it has them."""
-    name = draw(st.sampled_from(sorted(SQUEEZERS)))
-    factory = SQUEEZERS[name].factory
-    fields = factory.Params.model_fields
-    params = {}
-    if "budget" in fields:
-        params["budget"] = draw(st.sampled_from([0.0, 0.05, 0.3]))
-        params["threshold"] = draw(st.sampled_from([0, 4]))
-    if "reorder" in fields:
-        params["reorder"] = draw(st.booleans())
-    return factory(factory.Params(**params))
-
-
-@st.composite
-def orchestrator_cases(draw):
-    """A registered orchestrator with params that change the weights."""
-    name, params = draw(st.sampled_from([("none", {}), ("kbits", {"k": 1}), ("window", {"budget": 0.1}),
-                                         ("window", {"mode": "fixed", "planes": 2})]))
-    factory = ORCHESTRATORS[name].factory
-    return factory(factory.Params(**params))
-
-
-@pytest.mark.skipif(not MAPPERS, reason="no mappers registered yet")
-@settings(max_examples=150, deadline=None)
-@given(mapper_cases(), golden_cases(), squeezer_cases(), orchestrator_cases())
-def test_golden_rule_after_orchestration_and_squeeze_out(mapper_case, case, squeezer, orchestrator):
-    name, params, geometry = mapper_case
+@settings(max_examples=60, deadline=None)
+@given(strategy_cases(), golden_cases())
+def test_golden_rule_through_registered_mappers_and_squeezers(strategy, case):
+    name, params, geometry, squeezer = strategy
     rng = np.random.default_rng(case["seed"])
     bits = min(case["bits"], 8)
     w_int, mask, x = random_integers(rng, {**case, "bits": bits})
-    q = QuantizedLayer(Layer("fc", "linear", w_int.astype(np.float32), mask, None, w_int.shape[2]), w_int,
-                       np.ones((1, 1, 1)), bits)
-    mapper = MAPPERS[name].factory(MAPPERS[name].factory.Params(**params))
-    [q] = orchestrator.orchestrate([q], MappingContext(geometry, mapper.sign, mapper.packing))
-    mapped = squeezer.squeeze(mapper.map(q, geometry), mapper)
-    sim = sim_of(dac_bits=case["dac_bits"], activation_bits=case["activation_bits"], cell_bits=mapped.encoding.cell_bits)
-    y = crossbar_matmul(torch.as_tensor(x, dtype=torch.float64), mapped, program(mapped, sim), sim)
-    expected = np.einsum("rpn,pnm->rpm", x, mapped.quantized.w_int)
-    assert torch.equal(y, torch.as_tensor(expected, dtype=torch.float64))
+    q = integer_layer(w_int, bits, mask)
+    chosen = mapper(name, **params)
+    mapped = squeezer.squeeze(chosen.map(q, geometry), chosen)
+    cell_bits = mapped.placement.cell_bits
+    sim = sim_of(adc=adc_of(case["adc"], mapped.placement, case["dac_bits"]), dac_bits=case["dac_bits"],
+                 activation_bits=case["activation_bits"], cell_bits=cell_bits)
+    y = crossbar_matmul(torch.as_tensor(x, dtype=torch.float64), mapped, sim, path=case["path"])
+    assert torch.equal(y, exact(x, mapped.quantized.w_int))
+
+
+def test_fewer_reads_simulate_faster_work():
+    """The simulated work follows the placement: the plan holds exactly the reads that convert something."""
+    rng = np.random.default_rng(0)
+    w = np.where(rng.random((1, 128, 32)) < 0.1, rng.integers(-3, 4, (1, 128, 32)), 0)
+    q = integer_layer(w, 8)
+    geometry = Geometry(rows=32, cols=32, ou_rows=8)
+    adc = NoisyADC(NoisyADC.Params(bits=6))
+    dense = CrossbarPlan(mapper("bitplane").map(q, geometry), sim_of(adc=adc))
+    sparse = CrossbarPlan(mapper("sme", packing="column").map(q, geometry), sim_of(adc=adc))
+    assert sparse.reads < dense.reads
+    assert sparse.reads == mapper("sme", packing="column").map(q, geometry).placement.reads
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_host_matches_cpu_reference(net_setup):
     net, inputs, qs, scales = net_setup
-    mapped = {n: mapped_layer(q, 2, "segment-offset", 8, np.random.default_rng(4), "random", True) for n, q in qs.items()}
+    geometry = Geometry(rows=16, cols=16, ou_rows=4, cell_bits=2)
+    mapped = {n: mapper("sme", sign="segment-offset", packing="ou").map(q, geometry) for n, q in qs.items()}
     host = StandaloneHost(StandaloneHost.Params(device="cuda"))
     assert host.device.type == "cuda"
-    out = host.build(net, mapped, sim_of(cell_bits=2, dac_bits=2), scales)(inputs)
-    assert out.device == inputs.device and torch.equal(out, digital_model(net, qs, 8, scales)(inputs))
-    noisy = sim_of(cell=SLCCell(SLCCell.Params(preset="wan2022")), adc=NoisyADC(NoisyADC.Params(bits=6)), seed=9)
-    mapped = {n: mapped_layer(q, 1, "differential", 16, np.random.default_rng(4)) for n, q in qs.items()}
+    reference = digital_model(net, qs, 8, scales)(inputs)
+    for adc in (None, UniformADC(UniformADC.Params(bits=10, round_to_levels=True))):
+        out = host.build(net, mapped, sim_of(cell_bits=2, dac_bits=2, adc=adc), scales)(inputs)
+        assert out.device == inputs.device and torch.equal(out, reference)
+    noisy = sim_of(cell=MLCCell(MLCCell.Params(bits=2)), adc=NoisyADC(NoisyADC.Params(bits=6)), seed=9)
     assert torch.equal(host.build(net, mapped, noisy, scales)(inputs), host.build(net, mapped, noisy, scales)(inputs))
