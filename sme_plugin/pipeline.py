@@ -3,38 +3,40 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import track
 
 from . import __version__
 from .config import Config
 from .costs import Periphery, layer_costs, total_costs
 from .errors import ConfigError, WeightsError
+from .flow import LayerFlow, baseline_mappers, section
 from .host import Simulation, calibrate_activations, digital_model
 from .layers import extract_layers, fold_batchnorm
 from .orchestrate import relative_error
 from .plugins import Registry
 from .types import Dataset, Layer, MappedLayer, ModelBundle, QuantizedLayer
+from .validate import build_stages
 
 #: mappings whose accuracy the host measures: SME and the ISAAC mapping of the same weights on the same cells
 SIMULATED = ("sme", "isaac")
-#: The baselines every run reports next to the configured mapping: label -> (mapper, params).
-BASELINES = {
-    "isaac": ("isaac", {}),  # ISAAC dense mapping at the quantizer's width, same cells
-    "isaac16": ("isaac", {"weight_bits": 16, "cell_bits": 2, "sign": "offset"}),  # ISAAC's own design point
-    "bitplane": ("bitplane", {}),  # bit-slice, every plane-tile allocated
-}
+log = logging.getLogger(__name__)
+#: progress bars go to stderr (results go to stdout)
+STDERR = Console(stderr=True)
 
 
 @dataclass
 class Stages:
     """The strategy objects of a run, built from the config."""
 
+    model: object
+    dataset: object | None
     quantizer: object
     orchestrator: object
     mapper: object
@@ -44,42 +46,19 @@ class Stages:
     dac: object
     host: object
 
-
-@contextmanager
-def section(name: str):
-    """Report a strategy's ValueError (settings that cannot work together) as a ConfigError on ``name``."""
-    try:
-        yield
-    except ValueError as error:
-        raise ConfigError(f"{name}: {error}") from None
+    @classmethod
+    def build(cls, config: Config) -> "Stages":
+        """Every strategy object of ``config`` (:func:`sme_plugin.validate.build_stages`)."""
+        built = build_stages(config)
+        return cls(**{kind: built.get(kind) for kind in cls.__dataclass_fields__})
 
 
-def build_stages(config: Config) -> Stages:
-    """Build every strategy object of the run from its validated config section."""
-    stages = {}
-    for kind in Stages.__dataclass_fields__:
-        with section(kind):
-            stages[kind] = config.strategies[kind].build()
-    return Stages(**stages)
-
-
-def baseline_mappers(config: Config, registry: Registry) -> dict[str, tuple[object, dict]]:
-    """label -> (mapper object, its params) of each baseline; ISAAC at the same width uses ``baseline_sign``."""
-    mappers = {}
-    for label, (name, params) in BASELINES.items():
-        if label == "isaac":
-            params = {"sign": config.crossbar.baseline_sign}
-        factory = registry.get("mapper", name).factory
-        mappers[label] = (factory(factory.Params(**params)), {"mapper": name, **params})
-    return mappers
-
-
-def load_dataset(config: Config, bundle: ModelBundle) -> Dataset | None:
+def load_dataset(stages: "Stages", bundle: ModelBundle) -> Dataset | None:
     """The configured dataset (None when ``dataset: null``), checked against the model's input shape."""
-    strategy = config.strategies["dataset"]
+    strategy = stages.dataset
     if strategy is None:
         return None
-    dataset = strategy.build().load()
+    dataset = strategy.load()
     sample = tuple(dataset.test_inputs.shape[1:])
     if sample != tuple(bundle.input_shape):
         raise ConfigError(
@@ -125,7 +104,7 @@ def accuracy(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
     correct = 0
     starts = range(0, len(inputs), batch_size)
     with torch.no_grad():
-        for start in track(starts, label, disable=not progress):
+        for start in track(starts, label, disable=not progress, console=STDERR):
             logits = model(inputs[start : start + batch_size])
             correct += int((logits.argmax(dim=1) == labels[start : start + batch_size]).sum())
     return round(100.0 * correct / max(len(inputs), 1), 3)
@@ -180,49 +159,43 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
         started = now
 
     torch.manual_seed(config.seed)
-    stages = build_stages(config)
-    bundle = config.strategies["model"].build().build()
+    stages = Stages.build(config)
+    bundle = stages.model.build()
     folded = fold_batchnorm(bundle.module)
     layers = extract_layers(folded, bundle.input_shape, config.crossbar.depthwise, config.crossbar.rows)
     check_finite(layers)
-    dataset = load_dataset(config, bundle)
+    dataset = load_dataset(stages, bundle)
     lap("model")
 
     geometry = config.geometry(stages.cell.bits)
+    log.info("quantize %d layers", len(layers))
     with section("quantizer"):
-        quantized = [stages.quantizer.quantize(layer) for layer in track(layers, "quantize", disable=not progress)]
-    with section("mapper"):
-        layouts = [stages.mapper.layout(q, geometry) for q in quantized]
+        quantized = [stages.quantizer.quantize(layer) for layer in track(layers, "quantize", disable=not progress,
+                                                                          console=STDERR)]
+    baselines = baseline_mappers(registry, config.crossbar.baseline_sign)
+    flow = LayerFlow(stages.orchestrator, stages.mapper, stages.squeezer, baselines, geometry)
+    layouts = [flow.layout(q) for q in quantized]
     joint = not getattr(stages.orchestrator, "per_layer", True)
     if joint:  # a model-wide budget needs every layer at once
-        with section("orchestrator"):
-            orchestrated = stages.orchestrator.orchestrate(quantized, layouts)
+        log.info("orchestrate all layers together")
+        orchestrated = flow.orchestrate(quantized, layouts)
     lap("quantize+layout")
 
+    log.info("map, squeeze and cost %d layers", len(layers))
     periphery = Periphery(adc=stages.adc, dac=stages.dac, activation_bits=config.activations.bits)
-    baselines = baseline_mappers(config, registry)
     simulate = dataset is not None
     mapped = {label: {} for label in SIMULATED}
     layer_reports, error_sums = [], np.zeros(2)
     costs_by_label = {label: [] for label in [*baselines, "sme"]}
-    for index, (before, layout) in enumerate(track(list(zip(quantized, layouts)), "map + squeeze", disable=not progress)):
-        if joint:
-            after = orchestrated[index]
-        else:  # one layer at a time: only this layer's orchestration state is held
-            with section("orchestrator"):
-                after = stages.orchestrator.orchestrate([before], [layout])[0]
-        with section("mapper"):
-            placed = stages.mapper.map(after, geometry, layout)
-        with section("squeezer"):
-            sme = stages.squeezer.squeeze(placed, stages.mapper)
-        del placed
-        layer_mappings = {"sme": sme}
-        for label, (mapper, _) in baselines.items():
-            with section(f"mapper (baseline {label})"):
-                layer_mappings[label] = mapper.map(before, geometry)
+    steps = track(list(zip(quantized, layouts)), "map + squeeze", disable=not progress, console=STDERR)
+    for index, (before, layout) in enumerate(steps):
+        # one layer at a time: only this layer's orchestration state and placements are held
+        after = orchestrated[index] if joint else flow.orchestrate([before], [layout])[0]
+        layer_mappings = flow.map(before, after, layout)
         costs = {label: layer_costs(m, periphery) for label, m in layer_mappings.items()}
         for label, cost in costs.items():
             costs_by_label[label].append(cost)
+        sme = layer_mappings["sme"]
         layer_reports.append(layer_report(before, sme, costs))
         error_sums += squared_errors(before, sme.quantized)
         if simulate:  # placements are only kept when the host needs them
@@ -261,6 +234,7 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
         "timing_s": timing,
     }
     if simulate:
+        log.info("simulate %s through the crossbars on %d samples", ", ".join(SIMULATED), len(dataset.test_inputs))
         report["accuracy"] = evaluate(config, stages, folded, quantized, mapped, dataset, progress)
         errors = report["accuracy"].pop("output_error")
         for entry in layer_reports:

@@ -16,14 +16,9 @@ import numpy as np
 
 from .config import Config, short
 from .errors import ConfigError, InputError
+from .flow import LayerFlow, baseline_mappers, section
 from .plugins import Registry
 
-#: the baselines every run maps next to the configured mapping (as ``pipeline.BASELINES``).
-BASELINES = {
-    "isaac": ("isaac", None),  # ``sign`` = the mapper section's baseline_sign
-    "isaac16": ("isaac", {"weight_bits": 16, "cell_bits": 2, "sign": "offset"}),
-    "bitplane": ("bitplane", {}),
-}
 #: stages built from the config, in data-flow order.
 STAGES = ("quantizer", "orchestrator", "mapper", "squeezer", "cell", "adc", "dac", "host", "model", "dataset")
 
@@ -46,7 +41,8 @@ def check_inputs(config: Config) -> None:
 
 
 def build_stages(config: Config) -> dict:
-    """Every strategy object of the config; one line per strategy that refuses its settings."""
+    """kind -> strategy object of every configured section (a null dataset is left out); one line per
+    strategy that refuses its settings (a :class:`ConfigError`; anything else is a bug and propagates)."""
     stages, problems = {}, []
     for kind in STAGES:
         strategy = config.strategies.get(kind)
@@ -54,7 +50,7 @@ def build_stages(config: Config) -> dict:
             continue
         try:
             stages[kind] = strategy.build()
-        except (ValueError, ConfigError) as error:
+        except ConfigError as error:
             problems.append(_problem(kind, error))
     if problems:
         raise ConfigError("\n".join(problems))
@@ -72,35 +68,16 @@ def probe_layer(rows: int, cols: int, seed: int = 0):
                  out_features=cols)
 
 
-def _stage(kind: str, call, *args):
-    try:
-        return call(*args)
-    except (ValueError, ConfigError) as error:
-        raise ConfigError(_problem(kind, error)) from None
-
-
 def probe(config: Config, registry: Registry, stages: dict) -> None:
     """Push a synthetic layer through the mapping stages and the baselines, as ``run`` does per layer."""
     geometry = config.geometry(stages["cell"].bits)
     layer = probe_layer(min(geometry.rows + 7, 300), min(geometry.cols + 5, 300), config.seed)
-    mapper, quantizer = stages["mapper"], stages["quantizer"]
-    q = _stage("quantizer", quantizer.quantize, layer)
-    if callable(getattr(mapper, "layout", None)):
-        layouts = [_stage("mapper", mapper.layout, q, geometry)]
-        orchestrated = _stage("orchestrator", stages["orchestrator"].orchestrate, [q], layouts)
-    else:  # mappers without layout(): the orchestrator gets the mapping context
-        from . import types
-
-        context = types.MappingContext(geometry=geometry, sign=mapper.sign, packing=mapper.packing)
-        orchestrated = _stage("orchestrator", stages["orchestrator"].orchestrate, [q], context)
-    mapped = _stage("mapper", mapper.map, orchestrated[0], geometry)
-    _stage("squeezer", stages["squeezer"].squeeze, mapped, mapper)
-    for label, (name, params) in BASELINES.items():
-        if params is None:
-            params = {"sign": config.crossbar.baseline_sign}
-        factory = registry.get("mapper", name).factory
-        baseline = factory(factory.Params(**params))
-        _stage(f"mapper (baseline {label})", baseline.map, q, geometry)
+    with section("quantizer"):
+        q = stages["quantizer"].quantize(layer)
+    flow = LayerFlow(stages["orchestrator"], stages["mapper"], stages["squeezer"],
+                     baseline_mappers(registry, config.crossbar.baseline_sign), geometry)
+    layout = flow.layout(q)
+    flow.map(q, flow.orchestrate([q], [layout])[0], layout)
 
 
 def check(config: Config, registry: Registry) -> None:
