@@ -55,12 +55,14 @@ programming scheme the paper describes, not quoted figures.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import torch
 from pydantic import ConfigDict, Field, model_validator
 
 from sme_plugin.params import StrategyParams
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that configs validate without it
+    import torch
 
 #: Cell presets (see the module docstring for what each figure is and where it comes from). A preset
 #: may set only some keys (``chen2015``: faults); the rest come from the cell's default preset.
@@ -120,6 +122,7 @@ class IdealCell:
 
     def program(self, levels: torch.Tensor, present: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """float64 conductances (level units) of cells ``levels`` (any shape); absent cells give 0."""
+        import torch
         _check_cells(levels, present, self.bits)
         return torch.where(present, levels.to(torch.float64), 0.0)
 
@@ -182,6 +185,7 @@ class PhysicalCell:
 
     def spread(self, levels: torch.Tensor) -> torch.Tensor:
         """std (level units, float64) of the programmed conductance of cells at ``levels``."""
+        import torch
         if self.level_sigma is not None:
             table = torch.tensor(self.level_sigma, dtype=torch.float64, device=levels.device)
             return table[levels.long()]
@@ -195,6 +199,7 @@ class PhysicalCell:
         Draws one normal (variation) and one uniform (faults) number per cell from ``generator``,
         which must live on ``levels.device``.
         """
+        import torch
         _check_cells(levels, present, self.bits)
         draw = dict(generator=generator, dtype=torch.float64, device=levels.device)
         g = torch.randn(levels.shape, **draw).mul_(self.spread(levels)).add_(levels.to(torch.float64) + self.g_off)

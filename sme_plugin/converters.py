@@ -7,14 +7,16 @@ given in level*input units (integer-valued for ideal cells) and returns them in 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
-import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .hookspecs import hookimpl
 from .params import StrategyParams
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that configs validate without it
+    import torch
 
 #: ISAAC ADC per resolution: bits -> (energy pJ per conversion, area um^2).
 ADC_TABLE = {
@@ -57,6 +59,7 @@ def adc_cost(bits):
 
 def lossless_bits(full_scale) -> int:
     """Bits that represent every integer in [0, max(full_scale)]: ceil(log2(max + 1))."""
+    import torch
     top = torch.as_tensor(full_scale, dtype=torch.float64)
     return int(column_bits(top).max()) if top.numel() else 0
 
@@ -64,8 +67,8 @@ def lossless_bits(full_scale) -> int:
 def column_bits(full_scale) -> np.ndarray:
     """Lossless bits of each column, ceil(log2(full_scale + 1)), as an int64 array shaped like
     ``full_scale`` (0 where full_scale <= 0): the fewest bits whose top code 2**b - 1 reaches it."""
-    if isinstance(full_scale, torch.Tensor):
-        full_scale = full_scale.detach().to("cpu", torch.float64).numpy()
+    if hasattr(full_scale, "detach"):  # a torch tensor, on any device
+        full_scale = full_scale.detach().cpu().double().numpy()
     top = np.maximum(np.asarray(full_scale, dtype=np.float64), 0.0)
     if not np.isfinite(top).all():
         raise ValueError("ADC full scale must be finite")
@@ -78,6 +81,7 @@ def column_bits(full_scale) -> np.ndarray:
 
 def _column_bits_tensor(full_scale, device) -> torch.Tensor:
     """:func:`column_bits` on ``device`` as float64 (no round trip through the host for CUDA tensors)."""
+    import torch
     top = torch.as_tensor(full_scale, dtype=torch.float64, device=device).clamp_min(0.0)
     bits = torch.ceil(torch.log2(top + 1.0))
     bits += (torch.exp2(bits) - 1.0 < top).to(bits.dtype)
@@ -232,6 +236,7 @@ class UniformADC(_ADCCost):
         """sums (...) float tensor (level*input units; modified in place) and full_scale broadcastable
         to it (largest ideal column sum of each read column, same units) -> converted values, code * LSB,
         in the same units and dtype. Columns of full scale 0 convert to 0."""
+        import torch
         fs = torch.as_tensor(full_scale, dtype=sums.dtype, device=sums.device).clamp_min(0.0)
         if self.auto:  # range 2**b - 1 level units, LSB = 1
             top = torch.exp2(_column_bits_tensor(full_scale, sums.device)).sub_(1.0).to(sums.dtype)
@@ -292,6 +297,7 @@ class NoisyADC(UniformADC):
         self.perturbed = self.noise[1] != 0.0 or self.offset[1] != 0.0
 
     def perturbation(self, like, lsb, generator):
+        import torch
         (noise_unit, noise), (offset_unit, offset) = self.noise, self.offset
         if not self.perturbed:
             return None
@@ -346,6 +352,7 @@ class NoisyDAC(IdealDAC):
         sigma: float = Field(0.01, ge=0.0, le=1.0)
 
     def apply(self, slices, generator):
+        import torch
         noise = torch.randn(slices.shape, generator=generator, dtype=slices.dtype, device=slices.device)
         return slices * noise.mul_(self.params.sigma).add_(1.0)
 
