@@ -25,8 +25,12 @@ class Quantizer(Protocol):
 
 
 class Orchestrator(Protocol):
+    per_layer: bool
+
     def orchestrate(self, layers, layouts) -> list:
-        """``(list[QuantizedLayer], layouts) -> list[QuantizedLayer]``: denser bit-level sparsity."""
+        """``(list[QuantizedLayer], list[Layout]) -> list[QuantizedLayer]``: denser bit-level sparsity where
+        the layout is sparse, exact weights where it is dense. ``per_layer``: layers may be orchestrated one
+        at a time (False: a model-wide budget needs them all at once)."""
 
 
 class Mapper(Protocol):
@@ -34,11 +38,17 @@ class Mapper(Protocol):
     sign: str
     packing: str
 
-    def map(self, q, geometry) -> Any:
-        """``(QuantizedLayer, Geometry) -> MappedLayer``."""
+    def layout(self, q, geometry) -> Any:
+        """``(QuantizedLayer, Geometry) -> Layout``: the layout rules orchestrators and squeezers follow."""
 
-    def place(self, q, encoding, geometry) -> Any:
-        """``(QuantizedLayer, Encoding, layout/geometry) -> MappedLayer`` (used by squeezers)."""
+    def encode(self, q, layout) -> Any:
+        """``(QuantizedLayer, Layout) -> Encoding``: cell levels under the layout's sign scheme."""
+
+    def map(self, q, geometry, layout=None) -> Any:
+        """``(QuantizedLayer, Geometry, Layout | None) -> MappedLayer`` with its placement."""
+
+    def place(self, q, encoding, layout) -> Any:
+        """``(QuantizedLayer, Encoding, Layout) -> MappedLayer``: the placement of changed levels (squeezers)."""
 
 
 class Squeezer(Protocol):

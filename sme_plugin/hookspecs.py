@@ -18,14 +18,16 @@ def sme_register_quantizers(register):
 
 @hookspec
 def sme_register_orchestrators(register):
-    """Register bit orchestrators: ``orchestrate(layers, context) -> list[QuantizedLayer]``."""
+    """Register bit orchestrators: ``orchestrate(layers, layouts) -> list[QuantizedLayer]`` and ``per_layer``
+    (see :class:`sme_plugin.contracts.Orchestrator`)."""
 
 
 @hookspec
 def sme_register_mappers(register):
-    """Register crossbar mappers: ``map(qlayer, geometry) -> MappedLayer``, plus ``encode(qlayer, geometry)
-    -> Encoding`` and ``place(qlayer, encoding, geometry) -> MappedLayer`` for squeezers, and the
-    attributes ``label``, ``sign`` (sign scheme) and ``packing`` (``tile``, ``column`` or ``ou``)."""
+    """Register crossbar mappers: ``layout(q, geometry) -> Layout``, ``encode(q, layout) -> Encoding``,
+    ``map(q, geometry, layout=None) -> MappedLayer`` (with its explicit placement) and
+    ``place(q, encoding, layout) -> MappedLayer`` for squeezers, and the attributes ``label``, ``sign``
+    (sign scheme) and ``packing`` (see :class:`sme_plugin.contracts.Mapper`)."""
 
 
 @hookspec

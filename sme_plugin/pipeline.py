@@ -175,7 +175,7 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
     baselines = baseline_mappers(registry, config.crossbar.baseline_sign)
     flow = LayerFlow(stages.orchestrator, stages.mapper, stages.squeezer, baselines, geometry)
     layouts = [flow.layout(q) for q in quantized]
-    joint = not getattr(stages.orchestrator, "per_layer", True)
+    joint = not stages.orchestrator.per_layer
     if joint:  # a model-wide budget needs every layer at once
         log.info("orchestrate all layers together")
         orchestrated = flow.orchestrate(quantized, layouts)
