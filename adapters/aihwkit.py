@@ -1,15 +1,13 @@
-"""IBM aihwkit host: the standalone host's layers, with every crossbar read run on aihwkit analog tiles.
+"""IBM aihwkit host: the standalone host's layers, with every crossbar read run on an aihwkit analog tile.
 
-Layout of a mapped layer (S sign sets, G cell groups, P parts, N rows in Q read groups of K =
-``read_rows``, M columns, T input cycles of a v-bit DAC): one aihwkit tile array per part
-(parts of grouped convs have their own inputs, like separate layers) holds the conductances
-(cell-level units) of all sign sets and cell groups as a ``(S*G*M, Q*K)`` weight, split by
-``mapping.max_input_size = K`` and ``max_output_size = geometry.cols``, so that every aihwkit tile is
-one read group: its forward IO (DAC ``inp_res``, ADC ``out_res``/``out_bound``, ``out_noise``) acts
-per read, and aihwkit adds the read groups digitally. The T DAC slices of every input row are
-stacked along the batch of one forward. SME splices the sums (shift-and-add over t, g and sign
-sets, plus the digital offset x @ offset) in float64. Tile dtypes keep integer sums exact (see
-:func:`rpu_config`).
+A layer's placement is prepared as for the standalone host (:class:`~sme_plugin.host.CrossbarPlan`, reads
+compacted and grouped); then every read becomes one aihwkit ``TorchInferenceTile`` of K inputs (its row
+slots) x J outputs (its column slots) holding the read's conductances in cell-level units, so that
+aihwkit's forward IO (DAC ``inp_res``, ADC ``out_res``/``out_bound``, ``out_noise``) acts per read, as a
+crossbar read with its converters. The input cycles of every row are stacked along the batch of one
+forward per read. SME splices the converted sums (shift-and-add over cycles, sign and cell-group
+weights, placement outputs, plus the digital offset ``x @ offset``) as the standalone host does. Tile
+dtypes keep integer sums exact (see :func:`rpu_config`).
 """
 
 from __future__ import annotations
@@ -20,9 +18,9 @@ from types import SimpleNamespace
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from sme_plugin.converters import lossless_bits
 from sme_plugin.errors import ConfigError
 from sme_plugin.host import (
     CrossbarPlan,
@@ -55,36 +53,43 @@ def io_range(bits: int, step: float) -> tuple[float, int]:
     return step * top, 2 * top
 
 
+def adc_range(mapped: MappedLayer, sim: Simulation) -> tuple[int, float]:
+    """(bits, step in level units) of the layer's ADC as one aihwkit range: aihwkit has one range per
+    tile configuration, SME's ADC one per read column, so the range is that of the layer's largest read
+    column (full scale F): ``bits: auto`` -> lossless bits of F with a one-level step; fixed bits B ->
+    step F / (2**B - 1), as SME's uniform ADC on that column."""
+    full_scale = float(mapped.placement.full_scale(sim.dac.bits).max(initial=0.0))
+    bits = getattr(sim.adc, "bits", None)
+    if bits is None:
+        return max(1, lossless_bits(full_scale)), 1.0
+    return bits, max(full_scale, 1.0) / ((1 << bits) - 1)
+
+
 def rpu_config(kit, mapped: MappedLayer, sim: Simulation, out_noise: float):
-    """TorchInferenceRPUConfig of a layer's tile arrays: read groups as tiles, SME's DAC/ADC as forward IO.
+    """TorchInferenceRPUConfig of a layer's read tiles: SME's DAC/ADC as forward IO.
 
     kit: the names from :func:`load_aihwkit`; out_noise: extra output noise std (column-sum units).
     Inputs are DAC codes (step 1), outputs column sums in level*input units; tiles run in float32
-    where every integer sum (up to rows * (2**c-1) * (2**v-1)) stays below 2**24, else in float64.
-    A b-bit ADC resolves ``step = max(1, full_scale / (2**b - 1))`` as SME's uniform ADC does,
-    full_scale being the largest sum of a full read group (aihwkit has one range per tile, SME's
-    ADC one per column); a noisy ADC's noise becomes output noise. aihwkit's range is symmetric, so
-    negative (noisy) sums are kept, not clipped at 0. The ideal ADC without output noise runs
-    ``is_perfect``.
+    where every integer sum (the placement's largest read-column full scale) stays below 2**24, else
+    in float64. A uniform ADC resolves :func:`adc_range`; a noisy ADC's noise becomes output noise
+    (``noise_lsb`` times the step, or ``noise_levels``). aihwkit's range is symmetric, so negative
+    (noisy) sums are kept, not clipped at 0. The ideal ADC without output noise runs ``is_perfect``.
     """
     config = kit.TorchInferenceRPUConfig()
-    cell_top, dac_top = (1 << mapped.encoding.cell_bits) - 1, (1 << sim.dac.bits) - 1
-    rows = -(-mapped.quantized.w_int.shape[1] // mapped.read_rows) * mapped.read_rows
-    exact32 = rows * cell_top * dac_top < 1 << 24  # every sum of integer reads is exact in float32
-    config.runtime.data_type = kit.RPUDataType.FLOAT if exact32 else kit.RPUDataType.DOUBLE
-    config.mapping.max_input_size, config.mapping.max_output_size = mapped.read_rows, mapped.geometry.cols
+    full_scale = float(mapped.placement.full_scale(sim.dac.bits).max(initial=0.0))
+    config.runtime.data_type = kit.RPUDataType.FLOAT if full_scale < 1 << 24 else kit.RPUDataType.DOUBLE
     config.drift_compensation = None  # drift and its compensation are applied at build
     io = config.forward
     io.bound_management, io.noise_management = kit.BoundManagementType.NONE, kit.NoiseManagementType.NONE
     io.inp_bound, io.inp_res = io_range(sim.dac.bits, 1.0)
-    adc = sim.adc.describe()
     io.out_noise, io.out_res, io.out_bound = out_noise, -1, 0.0  # ideal ADC: no quantization, no clipping
-    if adc["model"] != "ideal":
-        top = (1 << adc["bits"]) - 1
-        full_scale = mapped.read_rows * cell_top * dac_top
-        io.out_bound, io.out_res = io_range(adc["bits"], max(1.0, full_scale / top))
-        io.out_noise = math.hypot(out_noise, adc.get("noise_lsb", 0.0) * full_scale / top)
-    io.is_perfect = adc["model"] == "ideal" and out_noise == 0
+    ideal = sim.adc.describe()["model"] == "ideal"
+    if not ideal:
+        bits, step = adc_range(mapped, sim)
+        io.out_bound, io.out_res = io_range(bits, step)
+        unit, noise = getattr(sim.adc, "noise", ("lsb", 0.0))
+        io.out_noise = math.hypot(out_noise, noise * step if unit == "lsb" else noise)
+    io.is_perfect = ideal and out_noise == 0
     return config
 
 
@@ -92,9 +97,10 @@ def check_supported(sim: Simulation) -> None:
     """Raise :class:`ConfigError` for simulation parts aihwkit's torch tiles cannot run."""
     adc, dac = sim.adc.describe(), sim.dac.describe()
     calibrated = getattr(sim.adc, "calibrated", False)
-    if adc["model"] not in ("ideal", "uniform", "noisy") or adc.get("offset_lsb", 0.0) or calibrated:
+    offset = getattr(sim.adc, "offset", ("lsb", 0.0))[1]
+    if adc["model"] not in ("ideal", "uniform", "noisy") or offset or calibrated:
         raise ConfigError(f"host aihwkit: adc {adc} is not supported; use the ideal, uniform or noisy ADC with "
-                          "full_scale: lossless and offset_lsb: 0")
+                          "full_scale: lossless and no offset (offset_lsb / offset_levels: 0)")
     if dac["model"] != "ideal":
         raise ConfigError(f"host aihwkit: dac {dac} is not supported; aihwkit applies ideal DAC codes (dac: ideal)")
     if sim.cell.read_noise > 0:
@@ -104,19 +110,21 @@ def check_supported(sim: Simulation) -> None:
 
 def programmed(mapped: MappedLayer, sim: Simulation, noise_model, t_inference: float,
                generator: torch.Generator) -> tuple[torch.Tensor, float]:
-    """Conductances (S, G, P, N, M) float64 in level units and the global drift-compensation factor.
+    """Conductances (R, K, J) float64 of the placement's cells in level units and the global
+    drift-compensation factor.
 
     The cell model programs the levels; an aihwkit ``noise_model`` then adds its programming noise
     and drift at ``t_inference`` s, mapping level 0..2**c-1 linearly onto its converter's
     [g_min, g_max] µS. Drift is compensated by one factor per layer (as aihwkit's global drift
     compensation): programmed over drifted total conductance. Absent cells stay at 0.
     """
-    present = torch.as_tensor(mapped.present)
-    g = sim.cell.program(torch.as_tensor(mapped.encoding.levels), present, generator)
+    placement = mapped.placement
+    present = torch.as_tensor(placement.present())
+    g = CrossbarPlan._program(sim.cell, torch.as_tensor(placement.levels), present, generator)
     if noise_model is None:
         return g, 1.0
     low, high = noise_model.g_converter.g_min, noise_model.g_converter.g_max
-    per_level = (high - low) / ((1 << mapped.encoding.cell_bits) - 1)
+    per_level = (high - low) / ((1 << placement.cell_bits) - 1)
     with drawing_from(generator):
         target = low + g * per_level
         noisy = noise_model.apply_programming_noise_to_conductance(target)
@@ -128,28 +136,34 @@ def programmed(mapped: MappedLayer, sim: Simulation, noise_model, t_inference: f
 
 
 class AihwkitPlan(CrossbarPlan):
-    """:class:`CrossbarPlan` whose column sums come from aihwkit tile arrays, one per part (module docstring)."""
+    """:class:`CrossbarPlan` whose reads run on aihwkit tiles, one tile per read (module docstring).
+
+    conductance: (R, K, J) level-unit conductances (from :func:`programmed`); config: the tiles'
+    :func:`rpu_config`; drift_factor: multiplies every converted sum (global drift compensation).
+    """
 
     def __init__(self, mapped: MappedLayer, conductance: torch.Tensor, sim: Simulation, config, drift_factor: float):
-        super().__init__(mapped, conductance, sim)
-        S, G, P, N, M = conductance.shape
-        self.dims, self.drift_factor = (S, G, M), drift_factor
+        super().__init__(mapped, sim, "cpu", conductance=conductance, path="analog")
+        self.drift_factor = drift_factor
         self.dtype = config.runtime.data_type.as_torch()
-        weights = F.pad(conductance, (0, 0, 0, self.pad)).permute(2, 0, 1, 4, 3).reshape(P, S * G * M, -1)
-        self.tiles = torch.nn.ModuleList(config.tile_array_class(S * G * M, weights.shape[2], config) for _ in range(P))
-        for tiles, weight in zip(self.tiles, weights):
-            tiles.set_weights(weight)
-        self.tiles.eval()
+        self.round_to_levels = bool(getattr(sim.adc, "round_to_levels", False))
+        if self.dtype == torch.float64:  # sums beyond float32's exact integers: splice them in float64 too
+            self.splice_dtype = torch.float64
+        self.tiles = torch.nn.ModuleList()
+        for b in self.buckets:
+            tiles = torch.nn.ModuleList(config.tile_class(b.width, b.height, config) for _ in range(b.reads))
+            for tile, weight in zip(tiles, b.conductance_t):
+                tile.set_weights(weight.to(torch.float64))
+            self.tiles.append(tiles.eval())
 
-    def column_path(self, x, generator, full_scale, observed):
-        """Non-negative physical inputs (r, P, N) -> spliced tile outputs (r, P, M)."""
-        x = F.pad(x, (0, self.pad)).long()
-        slices = ((x[None] >> self.shifts.reshape(-1, 1, 1, 1)) & self.mask).to(self.dtype)  # (T, r, P, Q*K)
-        T, r, P = slices.shape[:3]
+    def _convert(self, index, start, stop, source, cycles, generator, calibrate):
+        """Converted sums (r, Jb, T'*b) of reads [start, stop) of bucket ``index`` from their aihwkit tiles."""
+        slices = self._gather(self.buckets[index], start, stop, source).to(self.dtype)
+        tiles = self.tiles[index]
         with torch.no_grad(), drawing_from(generator):
-            sums = torch.stack([tiles(slices[:, :, p].reshape(T * r, -1)) for p, tiles in enumerate(self.tiles)], 1)
-        sums = sums.reshape(T, r, P, *self.dims).to(torch.float64)
-        return self.drift_factor * torch.einsum("trpsgm,tsg->rpm", sums, self.splice)
+            sums = torch.stack([tiles[start + i](read.t()).t() for i, read in enumerate(slices)])
+        sums = sums.to(self.splice_dtype).mul_(self.drift_factor)
+        return sums.round_() if self.round_to_levels else sums
 
 
 class AihwkitLayer(IntegerLayer):
@@ -165,10 +179,10 @@ class AihwkitLayer(IntegerLayer):
         conductance, drift_factor = programmed(mapped, sim, noise_model, params.t_inference, program)
         self.plan = AihwkitPlan(mapped, conductance, sim, rpu_config(kit, mapped, sim, params.out_noise), drift_factor)
         self.generator = torch.Generator().manual_seed(layer_seed(sim.seed, mapped.name, "read"))
-        self.batch_rows, self.max_elements = params.batch_rows, params.chunk_mib * (1 << 20) // 8
+        self.batch_rows, self.chunk_bytes = params.batch_rows, params.chunk_mib << 20
 
     def integer_matmul(self, x_int):
-        return self.plan.matmul(x_int, self.generator, self.batch_rows, self.max_elements)
+        return self.plan.matmul(x_int, self.generator, self.batch_rows, self.chunk_bytes)
 
 
 class AihwkitHost:

@@ -496,18 +496,29 @@ class CrossbarPlan:
             step = max(1, min(b.reads, (min(chunk_bytes - fixed, SLICE_BYTES)) // per_read))
             for start in range(0, b.reads, step):
                 stop = min(start + step, b.reads)
-                sums = self._sums(b, start, stop, source, len(cycles), generator)  # (r, Jb, T'*b)
-                if calibrate:
-                    seen = sums.amax(dim=2).to(torch.float32)
-                    torch.maximum(self.observed[index][start:stop], seen, out=self.observed[index][start:stop])
-                scale = b.lossless_scale if b.full_scale is None else b.full_scale
-                codes = self.sim.adc.convert(sums, scale[start:stop], generator)
+                codes = self._convert(index, start, stop, source, len(cycles), generator, calibrate)
                 codes = codes.view((stop - start) * b.width, len(cycles), rows).to(self.splice_dtype)
                 values = torch.matmul(weights, codes).view(stop - start, b.width, rows)  # sum_t 2**(v t) code_t
                 values.mul_(b.coef[start:stop].to(self.splice_dtype))
                 with _deterministic(self.device):
                     y.index_add_(0, b.outputs[start:stop].flatten(), values.view(-1, rows).to(torch.float64))
         return y[:-1].t()
+
+    def _convert(self, index: int, start: int, stop: int, source: torch.Tensor, cycles: int, generator,
+                 calibrate: bool) -> torch.Tensor:
+        """ADC outputs (r, Jb, T'*b) of reads [start, stop) of bucket ``index``: column sums, then the ADC
+        at each read column's full scale (calibration records the sums' maxima first)."""
+        b = self.buckets[index]
+        sums = self._sums(b, start, stop, source, cycles, generator)  # (r, Jb, T'*b)
+        if calibrate:
+            seen = sums.amax(dim=2).to(torch.float32)
+            torch.maximum(self.observed[index][start:stop], seen, out=self.observed[index][start:stop])
+        scale = b.lossless_scale if b.full_scale is None else b.full_scale
+        return self.sim.adc.convert(sums, scale[start:stop], generator)
+
+    def _gather(self, b: _Bucket, start: int, stop: int, source: torch.Tensor) -> torch.Tensor:
+        """(r, Kb, T'*b) input slices of reads [start, stop) of bucket ``b`` (unused row slots read 0)."""
+        return source.index_select(0, b.inputs[start:stop].flatten()).view(stop - start, b.height, source.shape[1])
 
     def _packed(self, digits: torch.Tensor, pack: int, field: int) -> torch.Tensor:
         """(PN+1, T', b) digits -> (PN+1, ceil(T'/pack) * b) GEMM operand: ``pack`` consecutive cycles per
@@ -524,7 +535,7 @@ class CrossbarPlan:
     def _sums(self, b: _Bucket, start: int, stop: int, source: torch.Tensor, cycles: int, generator) -> torch.Tensor:
         """Column sums (r, Jb, T'*b) of reads [start, stop) of bucket ``b`` for every active cycle."""
         r = stop - start
-        slices = source.index_select(0, b.inputs[start:stop].flatten()).view(r, b.height, source.shape[1])
+        slices = self._gather(b, start, stop, source)
         g_t = b.conductance_t[start:stop]
         if self.path == "integer":
             packed = torch.bmm(g_t, slices)  # (r, Jb, groups*b): exact integers below 2**24
