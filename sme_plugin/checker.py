@@ -60,6 +60,12 @@ def _check_shapes(p: Placement) -> None:
     for name, shape in expected.items():
         if getattr(p, name).shape != shape:
             _fail(f"placement.{name} has shape {getattr(p, name).shape}, expected {shape}")
+    if not np.isin(p.signs, (-1, 1)).all():
+        _fail(f"placement.signs must be +1/-1, got {p.signs.tolist()}")
+
+
+def _check_segments(p: Placement) -> None:
+    """Offset correction segments are ids >= 0, each within one part."""
     segment = p.offset_segment
     part_of = np.broadcast_to(np.arange(p.shape[0])[:, None], segment.shape)
     if (segment < 0).any():
@@ -68,16 +74,15 @@ def _check_shapes(p: Placement) -> None:
     dup = _first_duplicate(pairs[:, :1])
     if dup is not None:  # its correction o * sum(x over the segment) would add another part's inputs
         _fail(f"offset segment {pairs[dup[0], 0]} spans parts {pairs[dup[0], 1]} and {pairs[dup[1], 1]}")
-    if not np.isin(p.signs, (-1, 1)).all():
-        _fail(f"placement.signs must be +1/-1, got {p.signs.tolist()}")
 
 
 def _check_slots(p: Placement) -> None:
     """Bounds, used/unused consistency and logical ranges of every slot."""
     parts, n_rows, n_cols = p.shape
-    for r, xbar in enumerate(p.crossbar):
-        if not 0 <= xbar < p.crossbars:
-            _fail(f"read {r}: crossbar id {xbar} outside [0, {p.crossbars})")
+    outside = (p.crossbar < 0) | (p.crossbar >= p.crossbars)
+    if outside.any():
+        r = int(np.argmax(outside))
+        _fail(f"read {r}: crossbar id {p.crossbar[r]} outside [0, {p.crossbars})")
     checks = [
         ("row", p.row, p.input, p.rows, parts * n_rows),
         ("column", p.col, p.output, p.cols, parts * n_cols),
@@ -257,6 +262,7 @@ def check_placement(
     """
     p = placement
     _check_shapes(p)
+    _check_segments(p)
     _check_slots(p)
     _check_levels(p)
     _check_physical(p)
