@@ -1,7 +1,7 @@
 """Vectorized projections of non-negative integers onto restricted bit patterns.
 
 Used by the orchestrators (k-bit limits, bit windows) and by squeeze-out (emptying planes with the
-error compensated in the planes kept). Values are int64 arrays; everything is elementwise.
+error compensated in the planes kept). Values are non-negative integer arrays; everything is elementwise.
 """
 
 from __future__ import annotations
@@ -51,29 +51,37 @@ def _project_bitwise(values: np.ndarray, mask: np.ndarray, rounding: str) -> np.
 TABLE_BITS = 10
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=32)
 def _projection_table(n_bits: int, rounding: str) -> np.ndarray:
-    """(2**n_bits masks, 2**n_bits values) int64 table of :func:`_project_bitwise`."""
+    """Flat int16 table of :func:`_project_bitwise`: entry ``(mask << n_bits) | value`` (n_bits <= 14)."""
     everything = np.arange(1 << n_bits, dtype=np.int64)
-    return _project_bitwise(everything[None, :], everything[:, None], rounding)
+    table = _project_bitwise(everything[None, :], everything[:, None], rounding)
+    return np.ascontiguousarray(table.astype(np.int16).ravel())
 
 
-def project_to_mask(values: np.ndarray, mask: np.ndarray, rounding: str = "nearest") -> np.ndarray:
+def project_to_mask(values: np.ndarray, mask: np.ndarray, rounding: str = "nearest",
+                    n_bits: int | None = None) -> np.ndarray:
     """Nearest value to each of ``values`` whose set bits all lie in ``mask``.
 
-    values: non-negative int64 array; mask: int64 bit masks broadcastable to it.
+    values: non-negative integer array; mask: integer bit masks broadcastable to it.
     rounding: ``nearest`` (ties go down), ``floor`` (largest fitting value <= x) or ``ceil``
     (smallest fitting value >= x, falling back to ``floor`` when none exists).
-    Narrow widths (<= :data:`TABLE_BITS` bits) use a cached lookup table, wider ones bit arithmetic.
+    n_bits: a width every value and mask fits in (None: found from the data).
+    Narrow widths (<= :data:`TABLE_BITS` bits) use a cached lookup table and return int16; wider
+    ones use bit arithmetic and return int64.
     """
-    values = np.asarray(values, dtype=np.int64)
-    mask = np.broadcast_to(np.asarray(mask, dtype=np.int64), values.shape)
     if rounding not in ROUNDINGS:
         raise ValueError(f"unknown rounding {rounding!r}; choose one of {', '.join(ROUNDINGS)}")
-    top = int(max(values.max(initial=0), mask.max(initial=0)))
-    if top < (1 << TABLE_BITS):
-        return _projection_table(max(top.bit_length(), 1), rounding)[mask, values]
-    return _project_bitwise(values, mask, rounding)
+    values = np.asarray(values)
+    mask = np.asarray(mask)
+    if n_bits is None:
+        top = int(max(values.max(initial=0), mask.max(initial=0)))
+        n_bits = max(top.bit_length(), 1)
+    if n_bits <= TABLE_BITS:
+        index = np.left_shift(mask, n_bits, dtype=np.int32) | values.astype(np.int32, copy=False)
+        return np.take(_projection_table(n_bits, rounding), index)
+    values = values.astype(np.int64, copy=False)
+    return _project_bitwise(values, np.broadcast_to(mask.astype(np.int64, copy=False), values.shape), rounding)
 
 
 def values_with_k_bits(k: int, n_bits: int) -> np.ndarray:

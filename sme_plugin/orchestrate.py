@@ -9,18 +9,21 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
-from .bitsets import group_bitmask, project_to_mask, project_to_set, values_with_k_bits
+from .bitsets import TABLE_BITS, project_to_mask, project_to_set, values_with_k_bits
+from .greedy import spend
 from .hookspecs import hookimpl
+from .mapping import region_shape
 from .params import StrategyParams
 from .signs import encoded_bits, scheme_offsets, stored_values
-from .mapping import region_shape
 from .types import Layout, QuantizedLayer
+
 
 def relative_error(before: QuantizedLayer, after: QuantizedLayer) -> float:
     """Relative weight error ``||scale * (w' - w)|| / ||scale * w||`` (0 when both are all zero)."""
@@ -31,6 +34,11 @@ def relative_error(before: QuantizedLayer, after: QuantizedLayer) -> float:
     if norm == 0:
         return 0.0 if change == 0 else float("inf")
     return float(change / norm)
+
+
+def _squared_norm(q: QuantizedLayer) -> float:
+    """``||scale * w_int||**2`` in real units."""
+    return float(np.square(q.dequantized()).sum())
 
 
 def _top(q: QuantizedLayer) -> int:
@@ -95,187 +103,292 @@ class KBitsOrchestrator:
         return out
 
 
-@dataclass
+def _narrow(bits: int):
+    """Smallest signed integer dtype holding ``bits``-bit stored values and offsets and their range bounds."""
+    return np.int16 if bits <= 15 else np.int32
+
+
+def _unpack(ids: np.ndarray, groups: int) -> np.ndarray:
+    """(...) group-set ids -> (..., G) bool membership of each group."""
+    return ((ids[..., None] >> np.arange(groups, dtype=ids.dtype)) & 1).astype(bool)
+
+
+#: stored values a pass over stale units handles at once (bounds the (chunk, G) temporaries)
+CHUNK = 1 << 18
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """Lookup tables of a layer's projections, rows indexed by ``(window id << n_bits) | value``.
+
+    A window id is a set of cell groups as a G-bit integer. ``mask``: (2**G,) bit mask of each window id.
+    ``used``: (2**n_bits,) group-set id of the cell groups a value uses. ``delta`` (rows, G) int32: squared
+    change of the projection error when group g leaves the window (0 where the projection does not use
+    g); ``high`` / ``low``: the largest / smallest projection involved, to find the values whose range
+    limits the table ignores. ``delta`` is None where it would be too large (computed per group then).
+    """
+
+    mask: np.ndarray
+    used: np.ndarray
+    delta: np.ndarray | None = None
+    high: np.ndarray | None = None
+    low: np.ndarray | None = None
+
+
+#: largest (windows x values x groups) a ``delta`` table may have
+DELTA_ENTRIES = 1 << 22
+
+
+@functools.lru_cache(maxsize=8)
+def _tables(cell_bits: int, groups: int) -> _Tables:
+    """The :class:`_Tables` of ``groups`` cell groups of ``cell_bits`` bits."""
+    n_bits = groups * cell_bits
+    group_bits = ((1 << cell_bits) - 1) << (cell_bits * np.arange(groups, dtype=np.int64))
+    ids = np.arange(1 << groups, dtype=np.int64)
+    mask = ((ids[:, None] >> np.arange(groups)) & 1) @ group_bits  # (W,)
+    used = None
+    if n_bits <= 20:
+        values = np.arange(1 << n_bits, dtype=np.int64)
+        used = (((values[:, None] & group_bits) != 0) << np.arange(groups)).sum(axis=1).astype(np.int32)
+    if n_bits > TABLE_BITS or (groups << (groups + n_bits)) > DELTA_ENTRIES:
+        return _Tables(mask=mask.astype(np.int32), used=used)
+    base = project_to_mask(values[None, :], mask[:, None], "nearest", n_bits).astype(np.int64)  # (W, V)
+    dropped = project_to_mask(values[None, :, None], (mask[:, None] & ~group_bits)[:, None, :], "nearest",
+                              n_bits).astype(np.int64)  # (W, V, G)
+    delta = np.square(dropped - values[None, :, None]) - np.square(base - values)[:, :, None]
+    return _Tables(mask=mask.astype(np.int32), used=used, delta=delta.reshape(-1, groups).astype(np.int32),
+                   high=np.maximum(dropped.max(axis=2), base).ravel().astype(np.int32),
+                   low=np.minimum(dropped.min(axis=2), base).ravel().astype(np.int32))
+
+
 class _Units:
-    """The non-zero stored values of one layer, grouped into units = (sign set, segment).
+    """The stored values of one layer, grouped into units = (sign set, segment), each a row of L slots.
 
     A unit's window is the set of cell groups its values may use; its stored values are projected onto the
     window's bits (:func:`bitsets.project_to_mask`), within the range that keeps ``|w'| <= 2**(bits-1) - 1``.
-    Equal values of one crossbar column with one offset project alike, so the work runs over entries =
-    distinct (column, offset, value) triples. Arrays of length E run over entries, of length U over units.
+    Unit u = ((s * P + p) * RB + rb) * CB + cb holds the ``L = seg_cols * seg_rows`` values of its segment
+    in (column, row) order, zero-padded (a zero projects onto zero and costs nothing): per-round work is a
+    dense pass over the rows of the units it changes. Units share offsets and scales across sign sets:
+    ``spatial = u % (P * RB * CB)``.
 
     Attributes
     ----------
     top : largest weight magnitude, 2**(bits-1) - 1.
-    offset_map : (P, N, M) int64 digital offsets of the sign scheme; signs : (S,) sign of each set.
-    position, entry : (V,) flat index of each non-zero value in the (S, P, N, M) stored values, and its entry.
-    values, offset : (E,) int64 stored value and digital offset of each entry.
-    column, unit : (E,) crossbar column (unit * seg_cols + column inside the segment) and unit of each entry.
-    weight : (E,) float64 squared scale times the number of values the entry stands for (real-unit errors).
-    groups, cell_bits : G cell groups of ``cell_bits`` bits; min_groups : groups a window keeps at least.
-    window : (U, G) bool groups each unit may use; current : (E,) values projected onto ``window``.
-    saved, added : (U, G) crossbar columns freed by dropping each group and the squared real error it adds.
-    stale : (U,) bool units whose ``saved`` / ``added`` are out of date.
+    offset_map : (P, N, M) digital offsets; signs : (S,) sign of each set.
+    values, current : (U, L) narrow ints: stored values and their current projections.
+    offset : (P*RB*CB, L) narrow ints: digital offset of each slot.
+    col_weight : (P*RB*CB, seg_cols) float64 squared scale of each segment column (errors in real units).
+    groups, cell_bits, n_bits : G cell groups of ``cell_bits`` bits, ``n_bits = G * cell_bits``.
+    min_groups : groups a window keeps at least.
+    window : (U,) int32 window id (bit g: group g allowed); after :meth:`drops` the groups in use.
     """
 
-    quantized: QuantizedLayer
-    top: int
-    offset_map: np.ndarray
-    signs: np.ndarray
-    stored_shape: tuple
-    position: np.ndarray
-    entry: np.ndarray
-    values: np.ndarray
-    column: np.ndarray
-    unit: np.ndarray
-    offset: np.ndarray
-    weight: np.ndarray
-    n_units: int
-    seg_cols: int
-    groups: int
-    cell_bits: int
-    min_groups: int
-    window: np.ndarray
-    current: np.ndarray
-    saved: np.ndarray
-    added: np.ndarray
-    stale: np.ndarray
+    def __init__(self, quantized, stored, signs, offsets, region, cell_bits, n_groups, min_groups):
+        """Units of ``stored`` (S, P, N, M) non-negative values under ``offsets`` (P, N, M), segments of
+        ``region`` (rows, cols)."""
+        self.quantized = quantized
+        self.top = (1 << (quantized.bits - 1)) - 1
+        self.groups, self.cell_bits, self.min_groups = n_groups, cell_bits, min_groups
+        self.n_bits = n_groups * cell_bits
+        dtype = _narrow(max(quantized.bits, self.n_bits))
+        self.offset_map = offsets.astype(dtype)
+        self.signs = np.asarray(signs, dtype=np.int64)
+        self.stored_shape = stored.shape
+        n_sets, parts, rows, cols = stored.shape
+        self.seg_rows, self.seg_cols = region
+        row_blocks, col_blocks = -(-rows // self.seg_rows), -(-cols // self.seg_cols)
+        self.blocks = (n_sets, parts, row_blocks, col_blocks)
+        self.n_spatial = parts * row_blocks * col_blocks
+        self.n_units = n_sets * self.n_spatial
+        self.values = self._segment_major(stored.astype(dtype))
+        self.offset = self._segment_major(self.offset_map[None])
+        self.current = self.values.copy()
+        scale = np.broadcast_to(quantized.scale, (parts, 1, cols)).reshape(parts, cols).astype(np.float64)
+        padded = np.zeros((parts, col_blocks * self.seg_cols))
+        padded[:, :cols] = scale**2
+        self.col_weight = np.ascontiguousarray(np.broadcast_to(
+            padded.reshape(parts, 1, col_blocks, self.seg_cols), (parts, row_blocks, col_blocks, self.seg_cols)
+        ).reshape(self.n_spatial, self.seg_cols))
+        self.tables = _tables(cell_bits, n_groups)
+        self.group_bits = np.array([((1 << cell_bits) - 1) << (cell_bits * g) for g in range(n_groups)], dtype=np.int32)
+        self.window = np.where(self.values.any(axis=1), (1 << n_groups) - 1, 0).astype(np.int32)
+        self.low_binds = bool((-self.top - self.offset_map.astype(np.int64)).max(initial=0) > 0)  # any u >= 1 rule
 
     @classmethod
-    def build(cls, q: QuantizedLayer, layout: Layout, segment: str) -> "_Units":
-        """Units of ``q`` for ``segment`` (``auto``: the layout's allocation unit); offsets are the layout's."""
-        geometry, mask, top = layout.geometry, q.layer.mask, _top(q)
+    def build(cls, q: QuantizedLayer, layout: Layout, segment: str = "auto") -> _Units:
+        """Units of ``q`` for ``segment`` (``auto``: the layout's allocation unit) under the layout's sign
+        scheme and offsets (segments of ``layout.read_rows`` rows for ``segment-offset``)."""
+        _top(q)
+        mask = q.layer.mask
         offsets = scheme_offsets(layout.sign, q.w_int, mask, q.bits, layout.read_rows)
         stored, signs = stored_values(layout.sign, q.w_int, offsets)
         stored = np.where(mask[None], stored, 0)
-        seg_rows, seg_cols = layout.region if segment == "auto" else region_shape(segment, geometry)
-        parts, rows, cols = q.w_int.shape
-        row_blocks, col_blocks = -(-rows // seg_rows), -(-cols // seg_cols)
-        s, p, n, m = np.nonzero(stored)
-        unit = ((s * parts + p) * row_blocks + n // seg_rows) * col_blocks + m // seg_cols
-        span = 1 << q.bits  # stored values and shifted offsets lie in [0, span]
-        column = unit * seg_cols + m % seg_cols
-        key = (column * (span + 1) + offsets[p, n, m] + span // 2) * span + stored[s, p, n, m]
-        key, first, entry, count = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
-        rest, values = np.divmod(key, span)
-        column, offset = np.divmod(rest, span + 1)
-        scale = np.broadcast_to(q.scale, q.w_int.shape)[p[first], n[first], m[first]].astype(np.float64)
-        n_units = len(signs) * parts * row_blocks * col_blocks
-        groups = -(-encoded_bits(layout.sign, q.bits) // geometry.cell_bits)
-        return cls(
-            quantized=q,
-            top=top,
-            offset_map=offsets,
-            signs=signs,
-            stored_shape=stored.shape,
-            position=np.ravel_multi_index((s, p, n, m), stored.shape),
-            entry=entry,
-            values=values,
-            column=column,
-            unit=column // seg_cols,
-            offset=offset - span // 2,
-            weight=scale**2 * count,
-            n_units=n_units,
-            seg_cols=seg_cols,
-            groups=groups,
-            cell_bits=geometry.cell_bits,
-            # under the ISAAC offset u = 0 means w = -2**(bits-1): a window may never become empty
-            min_groups=1 if layout.sign == "offset" else 0,
-            window=np.ones((n_units, groups), dtype=bool),
-            current=values,
-            saved=np.zeros((n_units, groups), dtype=np.int64),
-            added=np.zeros((n_units, groups)),
-            stale=np.ones(n_units, dtype=bool),
-        )
+        region = layout.region if segment == "auto" else region_shape(segment, layout.geometry)
+        cell_bits = layout.geometry.cell_bits
+        groups = -(-encoded_bits(layout.sign, q.bits) // cell_bits)
+        # under the ISAAC offset u = 0 means w = -2**(bits-1): a window may never become empty
+        return cls(q, stored, signs, offsets, region, cell_bits, groups, 1 if layout.sign == "offset" else 0)
 
-    def project(self, masks: np.ndarray, index) -> np.ndarray:
-        """Values ``values[index]`` projected onto the int64 bit ``masks`` (broadcast), kept in range."""
-        values = np.broadcast_to(self.values[index], masks.shape)
-        offset = self.offset[index]
-        out = project_to_mask(values, masks)
+    def _segment_major(self, array: np.ndarray) -> np.ndarray:
+        """(S, P, N, M) -> (S*P*RB*CB, seg_cols*seg_rows): each segment's values in (column, row) order."""
+        n_sets, parts, rows, cols = array.shape
+        _, _, row_blocks, col_blocks = self.blocks
+        padded = np.zeros((n_sets, parts, row_blocks * self.seg_rows, col_blocks * self.seg_cols), dtype=array.dtype)
+        padded[:, :, :rows, :cols] = array
+        shaped = padded.reshape(n_sets, parts, row_blocks, self.seg_rows, col_blocks, self.seg_cols)
+        return np.ascontiguousarray(shaped.transpose(0, 1, 2, 4, 5, 3)).reshape(-1, self.seg_cols * self.seg_rows)
+
+    def chunks(self, units: np.ndarray):
+        """``units`` in runs of about :data:`CHUNK` values."""
+        step = max(1, CHUNK // self.values.shape[1])
+        return [units[start : start + step] for start in range(0, len(units), step)]
+
+    def project(self, values: np.ndarray, masks: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``values`` projected onto the bit ``masks`` within range, and where no value of a mask is in range."""
+        out = project_to_mask(values, masks, "nearest", self.n_bits)
+        masks = np.broadcast_to(masks, values.shape)
         low = out < -self.top - offset
-        out[low] = project_to_mask(values[low], masks[low], "ceil")
+        if low.any():
+            out[low] = project_to_mask(values[low], masks[low], "ceil", self.n_bits)
         high = out > self.top - offset
-        out[high] = project_to_mask(values[high], masks[high], "floor")
+        if high.any():
+            out[high] = project_to_mask(values[high], masks[high], "floor", self.n_bits)
+        if low.any() or high.any():
+            return out, (out < -self.top - offset) | (out > self.top - offset)
+        return out, low
+
+    def _used(self, current: np.ndarray) -> np.ndarray:
+        """Group-set id of the cell groups each of ``current`` uses."""
+        if self.tables.used is not None:
+            return np.take(self.tables.used, current)
+        return (((current[..., None] & self.group_bits) != 0) << np.arange(self.groups)).sum(axis=-1, dtype=np.int32)
+
+    def _weigh(self, per_slot: np.ndarray, spatial: np.ndarray) -> np.ndarray:
+        """(K, L, G) integer squared errors -> (K, G) real ones: summed per column, weighed by its scale."""
+        k, _, groups = per_slot.shape
+        if per_slot.dtype != np.int64 and self.seg_rows << (2 * self.n_bits) >= 1 << 31:
+            per_slot = per_slot.astype(np.int64)  # column sums could overflow int32
+        per_column = np.einsum("kcrg->kcg", per_slot.reshape(k, self.seg_cols, self.seg_rows, groups))
+        if self.seg_cols == 1:
+            return per_column[:, 0] * np.take(self.col_weight, spatial, axis=0)
+        return np.einsum("kcg,kc->kg", per_column, np.take(self.col_weight, spatial, axis=0))
+
+    # -- greedy steps --------------------------------------------------------------------------------
+
+    def drops(self, units: np.ndarray, count_cells: bool = False) -> tuple[np.ndarray, ...]:
+        """What dropping each group from each of the ``units``' windows would do.
+
+        First narrows each window to the groups its values use. Returns (K, G) arrays: ``saved``, the
+        segment columns freed (0: group unused); ``added``, the squared real error added; ``cells``, the
+        non-zero cells of the group (only with ``count_cells``, else None); ``infeasible``, True where some
+        value has no in-range projection. Squared errors are summed as exact integers per segment column.
+        """
+        n, G = len(units), self.groups
+        saved, added = np.zeros((n, G), dtype=np.int64), np.zeros((n, G))
+        cells = np.zeros((n, G), dtype=np.int64) if count_cells else None
+        infeasible = np.zeros((n, G), dtype=bool)
+        tables, done = self.tables, 0
+        for chunk in self.chunks(units):
+            k, rows = len(chunk), slice(done, done + len(chunk))
+            done += k
+            spatial = chunk % self.n_spatial
+            current, values = np.take(self.current, chunk, axis=0), np.take(self.values, chunk, axis=0)
+            offset = np.take(self.offset, spatial, axis=0)
+            used = self._used(current)
+            if count_cells:
+                cells[rows] = _unpack(used, G).sum(axis=1)
+            per_column = np.bitwise_or.reduce(used.reshape(k, self.seg_cols, self.seg_rows), axis=2)
+            saved[rows] = _unpack(per_column, G).sum(axis=1)
+            window = self.window[chunk] & np.bitwise_or.reduce(per_column, axis=1)
+            self.window[chunk] = window
+            if tables.delta is not None:
+                key = (window[:, None] << self.n_bits) | values.astype(np.int32)
+                delta = np.take(tables.delta, key, axis=0)  # (K, L, G)
+                risky = np.take(tables.high, key) > self.top - offset
+                if self.low_binds:
+                    risky |= np.take(tables.low, key) < -self.top - offset
+                risky = np.nonzero(risky)
+            else:
+                delta = np.zeros(values.shape + (G,), dtype=np.int64)
+                risky = np.nonzero(values)
+            if len(risky[0]):  # exact projections (range fallbacks) where the table's may leave the range
+                masks = tables.mask[window][risky[0]]
+                v, o = values[risky], offset[risky]
+                base = np.square(current[risky].astype(np.int64) - v)
+                bad = np.zeros((len(v), G), dtype=bool)
+                for g in range(G):
+                    projected, bad[:, g] = self.project(v, masks & ~self.group_bits[g], o)
+                    delta[risky + (g,)] = np.square(projected.astype(np.int64) - v) - base
+                bad &= _unpack(window[risky[0]], G)
+                infeasible[rows] = np.bincount((risky[0][:, None] * G + np.arange(G)).ravel(), bad.ravel(),
+                                               minlength=k * G).reshape(k, G) > 0
+            added[rows] = self._weigh(delta, spatial)
+        return saved, added, cells, infeasible
+
+    def drop(self, units: np.ndarray, groups: np.ndarray) -> None:
+        """Drop ``groups[i]`` from the window of ``units[i]`` and re-project those units' values."""
+        self.window[units] &= ~(np.int32(1) << groups.astype(np.int32))
+        for start in range(0, len(units), max(1, CHUNK // self.values.shape[1])):
+            chunk = units[start : start + max(1, CHUNK // self.values.shape[1])]
+            masks = np.take(self.tables.mask, self.window[chunk])[:, None]
+            self.current[chunk] = self.project(np.take(self.values, chunk, axis=0), masks,
+                                               np.take(self.offset, chunk % self.n_spatial, axis=0))[0]
+
+    def errors_of_windows(self, windows: np.ndarray) -> np.ndarray:
+        """(W, G) bool candidate windows -> (W, U) squared real error of each unit under each."""
+        masks = (windows.astype(np.int32) * self.group_bits).sum(axis=1, dtype=np.int32)
+        out = np.zeros((len(windows), self.n_units))
+        for chunk in self.chunks(np.arange(self.n_units)):
+            spatial = chunk % self.n_spatial
+            values, offset = self.values[chunk], self.offset[spatial]
+            for w, mask in enumerate(masks):
+                projected = self.project(values, np.full(values.shape, mask, dtype=np.int32), offset)[0]
+                error = np.square(projected.astype(np.int64) - values)[:, :, None]
+                out[w, chunk] = self._weigh(error, spatial)[:, 0]
         return out
 
-    def errors(self, projected: np.ndarray) -> np.ndarray:
-        """(K, E) projected values -> (K, U) squared real error of each unit."""
-        count = projected.shape[0]
-        squared = self.weight * ((projected - self.values) ** 2).astype(np.float64)
-        keys = (np.arange(count)[:, None] * self.n_units + self.unit).ravel()
-        return np.bincount(keys, squared.ravel(), minlength=count * self.n_units).reshape(count, self.n_units)
+    def set_windows(self, windows: np.ndarray) -> None:
+        """Take the (U, G) bool ``windows`` and project every value onto its unit's."""
+        self.window = (windows.astype(np.int32) << np.arange(self.groups, dtype=np.int32)).sum(axis=1, dtype=np.int32)
+        self.drop(np.arange(self.n_units), np.full(self.n_units, 31))  # bit 31 is no group: re-project only
 
-    def set_window(self, window: np.ndarray, changed: np.ndarray) -> None:
-        """Take the (U, G) bool ``window``; project the values of the (U,) bool ``changed`` units onto it."""
-        self.window = window
-        index = np.flatnonzero(changed[self.unit])
-        current = self.current.copy()
-        current[index] = self.project(group_bitmask(window, self.cell_bits)[self.unit[index]], index)
-        self.current = current
-        self.stale |= changed
-
-    def best_drops(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Cheapest group to drop from each unit's window: (U,) error per column saved, added error, group.
-
-        Dropping group g changes only the values whose current projection uses g, so only those are
-        re-projected, and only for stale units. Groups that became empty leave the window for free;
-        units with nothing to drop get an infinite cost.
-        """
-        index = np.flatnonzero(self.stale[self.unit])
-        shifts = self.cell_bits * np.arange(self.groups, dtype=np.int64)[:, None]
-        group, k = np.nonzero((self.current[index] >> shifts) & ((1 << self.cell_bits) - 1) != 0)
-        index = index[k]  # (value, group) pairs: group is non-zero in the value's current projection
-        n_columns = self.n_units * self.seg_cols
-        used = np.bincount(group * n_columns + self.column[index], minlength=self.groups * n_columns) > 0
-        stale = np.flatnonzero(self.stale)
-        self.saved[stale] = used.reshape(self.groups, self.n_units, self.seg_cols).sum(axis=2).T[stale]
-        self.window &= self.saved > 0
-        unit, values = self.unit[index], self.values[index]
-        group_bits = group_bitmask(np.eye(self.groups, dtype=bool), self.cell_bits)
-        kept = group_bitmask(self.window, self.cell_bits)[unit] & ~group_bits[group]
-        change = self.weight[index] * ((self.project(kept, index) - values) ** 2 - (self.current[index] - values) ** 2)
-        added = np.bincount(unit * self.groups + group, change, minlength=self.n_units * self.groups)
-        self.added[stale] = added.reshape(self.n_units, self.groups)[stale]
-        self.stale[:] = False
-        allowed = self.window & (self.window.sum(axis=1, keepdims=True) > self.min_groups)
-        cost = np.where(allowed, self.added / np.maximum(self.saved, 1), np.inf)
-        best = cost.argmin(axis=1)
-        rows = np.arange(self.n_units)
-        return cost[rows, best], self.added[rows, best], best
+    def stored(self) -> np.ndarray:
+        """(S, P, N, M) int64 current stored values."""
+        n_sets, parts, row_blocks, col_blocks = self.blocks
+        out = self.current.reshape(n_sets, parts, row_blocks, col_blocks, self.seg_cols, self.seg_rows)
+        out = out.transpose(0, 1, 2, 5, 3, 4).reshape(n_sets, parts, row_blocks * self.seg_rows, -1)
+        return out[:, :, : self.stored_shape[2], : self.stored_shape[3]].astype(np.int64)
 
     def decoded(self) -> np.ndarray:
         """(P, N, M) int64 weights of the current values, clipped to the sign-magnitude range."""
-        stored = np.zeros(self.stored_shape, dtype=np.int64)
-        stored.flat[self.position] = self.current[self.entry]
-        w_int = self.offset_map + np.tensordot(self.signs, stored, axes=([0], [0]))
+        w_int = self.offset_map.astype(np.int64) + np.tensordot(self.signs, self.stored(), axes=([0], [0]))
         return np.where(self.quantized.layer.mask, np.clip(w_int, -self.top, self.top), 0)
 
 
-def _drop_within_budget(problems: list[_Units], allowance: float) -> None:
-    """Greedy rounds: drop at most one group per unit per round, cheapest cost first, within ``allowance``.
+class _WindowDrops:
+    """The window orchestrator's greedy problem (:class:`sme_plugin.greedy.Problem`) over one layer's units:
+    a slot per unit, proposing its cheapest group drop (squared error added per segment column freed)."""
 
-    allowance: squared real error the drops may add, summed over ``problems``. Stops when a round
-    accepts nothing.
-    """
-    while True:
-        cost, added, group = (np.concatenate(a) for a in zip(*(u.best_drops() for u in problems)))
-        order = np.argsort(cost, kind="stable")
-        order = order[np.isfinite(cost[order])]
-        spent = np.cumsum(added[order])
-        accepted = np.searchsorted(spent, allowance, side="right")
-        if accepted == 0:
-            return
-        allowance -= spent[accepted - 1]
-        chosen = np.zeros(cost.size, dtype=bool)
-        chosen[order[:accepted]] = True
-        start = 0
-        for units in problems:
-            changed = chosen[start : start + units.n_units]
-            window = units.window.copy()
-            window[changed, group[start : start + units.n_units][changed]] = False
-            units.set_window(window, changed)
-            start += units.n_units
+    def __init__(self, units: _Units):
+        self.units = units
+        self.size = units.n_units
+        self.best = np.zeros(units.n_units, dtype=np.int64)
+        self.stale = np.flatnonzero(units.window)
+
+    def proposals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        units, self.stale = self.stale, np.empty(0, dtype=np.int64)
+        saved, added, _, _ = self.units.drops(units)
+        window = _unpack(self.units.window[units], self.units.groups)
+        allowed = window & (window.sum(axis=1, keepdims=True) > self.units.min_groups)
+        cost = np.where(allowed, added / np.maximum(saved, 1), np.inf)
+        best = cost.argmin(axis=1)
+        self.best[units] = best
+        rows = np.arange(len(units))
+        return units, cost[rows, best], added[rows, best]
+
+    def apply(self, slots: np.ndarray) -> None:
+        self.units.drop(slots, self.best[slots])
+        self.stale = slots
 
 
 class WindowOrchestrator:
@@ -323,9 +436,7 @@ class WindowOrchestrator:
         groups, planes = units.groups, min(self.params.planes, units.groups)
         start = np.arange(groups - planes + 1)[:, None]
         placements = (np.arange(groups) >= start) & (np.arange(groups) < start + planes)  # (placements, G)
-        masks = np.broadcast_to(group_bitmask(placements, units.cell_bits)[:, None], (len(start), units.values.size))
-        best = units.errors(units.project(masks, slice(None))).argmin(axis=0)
-        units.set_window(placements[best], np.ones(units.n_units, dtype=bool))
+        units.set_windows(placements[units.errors_of_windows(placements).argmin(axis=0)])
 
     def orchestrate(self, layers: list[QuantizedLayer], layouts: list[Layout]) -> list[QuantizedLayer]:
         """Windowed weights of the layers with a sparse layout; layers with a dense one stay exact.
@@ -334,11 +445,11 @@ class WindowOrchestrator:
         only one layer's working state is held; ``scope: model`` holds every sparse layer's state."""
         out = [q.with_weights(q.w_int.copy()) for q in layers]
         sparse = [i for i, layout in enumerate(layouts) if layout.sparse]
-        build = lambda i: _Units.build(layers[i], layouts[i], self.params.segment)  # noqa: E731
+        build = lambda i: _Units.build(layers[i], layouts[i], self.params.segment)
         if self.params.mode == "budget" and self.params.scope == "model":
             problems = [build(i) for i in sparse]
-            norm = sum(float(np.square(q.dequantized()).sum()) for q in layers)
-            _drop_within_budget(problems, self.params.budget**2 * norm)
+            norm = sum(_squared_norm(q) for q in layers)
+            spend([_WindowDrops(units) for units in problems], self.params.budget**2 * norm)
             for i, units in zip(sparse, problems):
                 out[i] = layers[i].with_weights(units.decoded())
             return out
@@ -347,8 +458,9 @@ class WindowOrchestrator:
             if self.params.mode == "fixed":
                 self._fixed(units)
             else:
-                _drop_within_budget([units], self.params.budget**2 * float(np.square(layers[i].dequantized()).sum()))
+                spend([_WindowDrops(units)], self.params.budget**2 * _squared_norm(layers[i]))
             out[i] = layers[i].with_weights(units.decoded())
+            del units
         return out
 
 

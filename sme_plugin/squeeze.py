@@ -13,7 +13,8 @@ unchanged. ``details["squeeze"]`` lists the steps applied.
   crossbars than the mapping it gets.
 - ``tile-empty`` (Bit-Transformer-like): greedily empties the regions of the mapper's packing (plane-tile,
   plane-column of a row block, segment-column) that cost least weight error, re-projecting the region's
-  stored values onto the cell groups still allocated there.
+  stored values onto the cell groups still allocated there; it buys whole crossbars (or OU bands) only,
+  with the budgeted greedy engine the window orchestrator uses (:mod:`sme_plugin.greedy`).
 - ``sme``: ``tile-empty`` then ``row-compact``.
 """
 
@@ -24,8 +25,9 @@ from dataclasses import replace
 import numpy as np
 from pydantic import Field, model_validator
 
-from .bitsets import group_bitmask, project_to_mask
+from .greedy import spend
 from .hookspecs import hookimpl
+from .orchestrate import _Units, _unpack
 from .params import StrategyParams
 from .placement import assemble, ceil_div, index_bits_for
 from .signs import split_levels
@@ -128,16 +130,17 @@ class RowCompact:
 class TileEmpty:
     """Empty the allocation regions whose removal costs least weight error, within a budget.
 
-    Regions are those of ``mapped.details["packing"]``: plane-tiles (``tile``), plane-columns of a row
-    block (``column``) or segment-columns (``ou``). Emptying group g of sign set s in a region re-projects
-    the region's stored values to the nearest value (``|w| <= 2**(bits-1) - 1``) whose bits lie in the
-    groups still allocated there, so no new region is ever allocated; the offset is unchanged.
-    Greedy in rounds: per (sign set, region) the cheapest group is proposed; proposals are bought a
-    crossbar at a time (tile packing: one region; column/OU packing: the cheapest plane-columns of one
-    row block that bring it below the next multiple of the crossbar width), cheapest crossbar first,
-    while the layer's error stays within the budget; stops when a round accepts nothing. If the result
-    still frees no crossbar (e.g. ``bitplane`` allocates every region anyway) the layer is returned
-    unchanged: error is only spent for savings.
+    Regions are the layout's allocation units (``layout.region``): plane-tiles (``tile``), plane-columns
+    of a row block (``column``) or segment-columns (``ou``). Emptying group g of sign set s in a region
+    re-projects the region's stored values (as the mapping got them) to the nearest value
+    (``|w| <= 2**(bits-1) - 1``) whose bits lie in the groups still allocated there, so no new region is
+    ever allocated; the offsets are the encoding's, unchanged. Greedy in rounds
+    (:func:`sme_plugin.greedy.spend`): per (sign set, region) the cheapest group is proposed; proposals are
+    bought a crossbar at a time (tile packing: one region; column/OU packing: the cheapest plane-columns
+    of one row block or band that bring it below the next multiple of ``layout.capacity``), cheapest
+    crossbar first, while the layer's error stays within the budget; stops when a round accepts nothing.
+    If the result still frees no crossbar (e.g. ``bitplane`` allocates every region anyway) the layer is
+    returned unchanged: error is only spent for savings.
     """
 
     class Params(StrategyParams):
@@ -163,140 +166,101 @@ class TileEmpty:
         if not mapped.layout.sparse or self.params.budget == 0:
             return mapped
         encoding, layout, quantized = mapped.encoding, mapped.layout, mapped.quantized
-        scale = np.broadcast_to(quantized.scale, (quantized.w_int.shape[0], 1, quantized.w_int.shape[2]))
-        original = encoding.decode()
-        norm = float(((scale * original) ** 2).sum())
+        n_groups = encoding.levels.shape[1]
+        units = _Units(quantized, encoding.stored(), encoding.signs, encoding.offset, layout.region,
+                       encoding.cell_bits, n_groups, min_groups=0)
+        norm = float(np.square(quantized.dequantized()).sum())
         allowed = np.inf if self.params.budget is None else self.params.budget**2 * norm
-        state = _Emptying(encoding, original, scale, quantized.bits, layout.region, layout.capacity)
-        while state.round(self.params.threshold, allowed):
-            pass
-        if state.emptied == 0:
+        problem = _Emptying(units, layout.capacity, self.params.threshold, whole=np.isfinite(allowed))
+        spend([problem], allowed)
+        if problem.emptied == 0:
             return mapped
-        new_encoding = replace(encoding, levels=state.levels())
-        weights = state.weights()
+        stored = units.stored()
+        levels = split_levels(stored, n_groups * encoding.cell_bits, encoding.cell_bits)
+        new_encoding = replace(encoding, levels=np.ascontiguousarray(levels.swapaxes(0, 1)))
+        weights, emptied = units.decoded(), problem.emptied
+        del units, problem, stored, levels
         placed = mapper.place(quantized.with_weights(weights), new_encoding, layout)
         if placed.crossbars >= mapped.crossbars:  # emptied regions freed no whole crossbar: keep the weights
             return mapped
-        error = float(np.sqrt(((scale * (weights - original)) ** 2).sum() / norm)) if norm else 0.0
+        change = float(np.square(quantized.scale * (weights - quantized.w_int)).sum())
         return replace(
             placed,
             details={
                 **placed.details,
                 "squeeze": _steps(mapped.details, "tile-empty"),
-                "emptied_regions": state.emptied,
-                "weight_error": error,
+                "emptied_regions": emptied,
+                "weight_error": float(np.sqrt(change / norm)) if norm else 0.0,
             },
         )
 
 
 class _Emptying:
-    """Greedy state of :class:`TileEmpty`: stored values (S, P, N, M) being projected region by region.
+    """tile-empty's greedy problem (:class:`sme_plugin.greedy.Problem`) over a layer's regions.
 
-    Each round works on the non-zero cells only (a removal changes nothing else) and sums their
-    error changes per region (s, g, part, row block, column block) with ``bincount``. With packed
-    plane-columns (``capacity`` = crossbar columns) removals are accepted a whole crossbar (or OU band)
-    at a time: in each (part, row block) the cheapest proposals that empty enough plane-columns to drop
-    below the next multiple of ``capacity``; ``capacity`` None (tile packing) frees a crossbar per region.
+    Each unit (sign set, region) of ``units`` offers its cheapest candidate group (the squared error of
+    emptying it; infeasible or, with a ``threshold``, too full regions are no candidates). With ``whole``
+    and packed plane-columns (``capacity``: plane-columns per crossbar or OU band) a slot is a (part, row
+    block): its proposal is the cheapest proposals of its units that empty enough plane-columns to drop
+    below the next multiple of ``capacity``, costing their sum. Otherwise (tile packing: a region is a
+    crossbar; or no budget: the threshold rule alone decides) a slot is a unit.
     """
 
-    def __init__(self, encoding, original, scale, bits, region, capacity=None):
-        self.values = encoding.stored()
-        self.groups, self.cell_bits, self.signs = encoding.levels.shape[1], encoding.cell_bits, encoding.signs
-        self.offset, self.original = encoding.offset, original
-        self.scale = np.broadcast_to(scale, original.shape)
-        self.limit = (1 << (bits - 1)) - 1
-        self.region, self.capacity = region, capacity
+    def __init__(self, units: _Units, capacity: int | None, threshold: int, whole: bool):
+        self.units, self.capacity, self.threshold = units, capacity, threshold
+        _, parts, row_blocks, _ = units.blocks
+        self.whole = whole and capacity is not None
+        self.size = parts * row_blocks if self.whole else units.n_units
+        self.cost = np.full(units.n_units, np.inf)
+        self.group = np.zeros(units.n_units, dtype=np.int64)
+        self.stale = np.flatnonzero(units.window)  # units to evaluate
+        self.keys = np.arange(self.size)  # slots to propose
         self.emptied = 0
 
-    def weights(self) -> np.ndarray:
-        """(P, N, M) int64 weights the current values represent (physical order)."""
-        return self.offset + np.tensordot(self.signs, self.values, axes=1)
+    def _evaluate(self, units: np.ndarray) -> None:
+        _, added, cells, infeasible = self.units.drops(units, count_cells=self.threshold > 0)
+        candidate = _unpack(self.units.window[units], self.units.groups) & ~infeasible
+        if self.threshold:
+            candidate &= cells <= self.threshold
+        cost = np.where(candidate, added, np.inf)
+        self.group[units] = cost.argmin(axis=1)
+        self.cost[units] = cost.min(axis=1)
 
-    def levels(self) -> np.ndarray:
-        """(S, G, P, N, M) uint8 cell levels of the current values."""
-        levels = split_levels(self.values, self.groups * self.cell_bits, self.cell_bits)
-        return np.ascontiguousarray(levels.swapaxes(0, 1))
+    def _members(self, keys: np.ndarray) -> np.ndarray:
+        """(K, S*CB) units of each (part, row block) ``keys``, in unit order."""
+        n_sets, parts, row_blocks, col_blocks = self.units.blocks
+        sets = np.arange(n_sets) * (parts * row_blocks * col_blocks)
+        return (keys[:, None, None] * col_blocks + sets[None, :, None] + np.arange(col_blocks)).reshape(len(keys), -1)
 
-    def round(self, threshold: int, allowed: float) -> bool:
-        """Accept the cheapest removals (one per sign set and region) that fit ``allowed``; False if none."""
-        levels = self.levels()
-        region_rows, region_cols = self.region
-        n_sets, n_groups, parts, rows, cols = levels.shape
-        shape = (n_sets, n_groups, parts, ceil_div(rows, region_rows), ceil_div(cols, region_cols))
-        s, g, p, n, m = np.nonzero(levels)
-        block_r, block_c = n // region_rows, m // region_cols
-        region = np.ravel_multi_index((s, g, p, block_r, block_c), shape)
-        size = int(np.prod(shape))
-        cells = np.bincount(region, minlength=size).reshape(shape)  # non-zero cells per region
-        kept = group_bitmask(np.moveaxis(cells > 0, 1, -1), self.cell_bits)  # (S, P, NB, MB) groups in use
-        group_bits = group_bitmask(np.eye(n_groups, dtype=bool), self.cell_bits)  # (G,)
-        mask = kept[s, p, block_r, block_c] & ~group_bits[g]
-        value = self.values[s, p, n, m]
-        weights = self.weights()
-        current = weights[p, n, m]
-        floor = project_to_mask(value, mask, "floor")
-        ceil = project_to_mask(value, mask, "ceil")
-        w_floor = current + self.signs[s] * (floor - value)
-        w_ceil = current + self.signs[s] * (ceil - value)
-        floor_ok, ceil_ok = np.abs(w_floor) <= self.limit, np.abs(w_ceil) <= self.limit
-        use_ceil = ceil_ok & (~floor_ok | (ceil - value < value - floor))
-        scale, original = self.scale[p, n, m], self.original[p, n, m]
-        before = (scale * (current - original)) ** 2
-        after = (scale * (np.where(use_ceil, w_ceil, w_floor) - original)) ** 2
-        cost = np.bincount(region, after - before, minlength=size).reshape(shape)
-        infeasible = np.bincount(region, ~(floor_ok | ceil_ok), minlength=size).reshape(shape) > 0
-        candidate = (cells > 0) & ~infeasible
-        if threshold:
-            candidate &= cells <= threshold
-        cost = np.where(candidate, cost, np.inf)
-        best_group = cost.argmin(axis=1)  # (S, P, NB, MB): one proposal per sign set and region
-        best_cost = cost.min(axis=1)
-        error = float(((self.scale * (weights - self.original)) ** 2).sum())
-        accepted = self._accept(best_cost, cells, allowed - error)
-        accepted_count = int(accepted.sum())
-        if accepted_count == 0:
-            return False
-        chosen = accepted[:, None] & (best_group[:, None] == np.arange(n_groups).reshape(-1, 1, 1, 1))
-        take = chosen.ravel()[region]
-        self.values[s[take], p[take], n[take], m[take]] = np.where(use_ceil, ceil, floor)[take]
-        self.emptied += accepted_count
-        return True
+    def _selection(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(K,) cost of freeing one crossbar / band in each of ``keys`` (inf: impossible) and the units it empties."""
+        members = self._members(keys)
+        cost = self.cost[members]
+        in_use = np.bitwise_count(self.units.window[members]).sum(axis=1, dtype=np.int64)  # occupied plane-columns
+        need = in_use - (ceil_div(in_use, self.capacity) - 1) * self.capacity
+        order = np.argsort(cost, axis=1, kind="stable")
+        ranked = np.take_along_axis(cost, order, axis=1)
+        chosen = (np.arange(members.shape[1]) < need[:, None]) & np.isfinite(ranked)
+        complete = (chosen.sum(axis=1) == need) & (need > 0)
+        total = np.where(complete, np.where(chosen, ranked, 0.0).sum(axis=1), np.inf)
+        units = np.take_along_axis(members, order, axis=1)[chosen & complete[:, None]]
+        return total, np.sort(units)
 
+    def proposals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if len(self.stale):
+            self._evaluate(self.stale)
+        if not self.whole:
+            units, self.stale = self.stale, np.empty(0, dtype=np.int64)
+            return units, self.cost[units], self.cost[units]
+        self.stale = np.empty(0, dtype=np.int64)
+        cost, _ = self._selection(self.keys)
+        return self.keys, cost, cost
 
-    def _accept(self, cost: np.ndarray, cells: np.ndarray, allowance: float) -> np.ndarray:
-        """(S, P, NB, MB) bool proposals to carry out: whole savings, cheapest first, within ``allowance``.
-
-        cost: (S, P, NB, MB) error of each region's proposal (inf: none); cells: non-zero cells per region.
-        An unlimited allowance (no budget) takes every proposal: the threshold rule alone decides.
-        """
-        if not np.isfinite(allowance):  # threshold rule alone: empty every candidate region
-            return np.isfinite(cost)
-        n_sets, parts, row_blocks, col_blocks = cost.shape
-        if self.capacity is None:  # every region is a crossbar of its own
-            unit = np.arange(cost.size).reshape(cost.shape)
-            need = np.ones(cost.size, dtype=np.int64)
-        else:  # a saving = enough plane-columns of one (part, row block) to drop one crossbar / band
-            unit = np.broadcast_to((np.arange(parts)[:, None] * row_blocks + np.arange(row_blocks))[None, :, :, None],
-                                   cost.shape)
-            in_use = (cells > 0).sum(axis=(0, 1, 4)).ravel()  # occupied plane-columns per (part, row block)
-            need = in_use - (ceil_div(in_use, self.capacity) - 1) * self.capacity
-        flat_cost, flat_unit = cost.ravel(), unit.ravel()
-        order = np.lexsort((flat_cost, flat_unit))  # by unit, then cheapest first
-        sorted_unit = flat_unit[order]
-        first = np.searchsorted(sorted_unit, sorted_unit)  # index where each unit's run starts
-        rank = np.arange(order.size) - first
-        chosen = (rank < need[sorted_unit]) & np.isfinite(flat_cost[order])
-        n_units = need.size
-        unit_cost = np.bincount(sorted_unit[chosen], flat_cost[order][chosen], minlength=n_units)
-        complete = np.bincount(sorted_unit[chosen], minlength=n_units) == need
-        unit_cost = np.where(complete & (need > 0), unit_cost, np.inf)
-        unit_order = np.argsort(unit_cost, kind="stable")
-        fits = np.isfinite(unit_cost[unit_order]) & (np.cumsum(unit_cost[unit_order]) <= allowance)
-        taken_units = np.zeros(n_units, dtype=bool)
-        taken_units[unit_order[: int(fits.size if fits.all() else fits.argmin())]] = True
-        accepted = np.zeros(cost.size, dtype=bool)
-        accepted[order[chosen & taken_units[sorted_unit]]] = True
-        return accepted.reshape(cost.shape)
+    def apply(self, slots: np.ndarray) -> None:
+        units = self._selection(slots)[1] if self.whole else slots
+        self.units.drop(units, self.group[units])
+        self.emptied += len(units)
+        self.stale, self.keys = units, slots
 
 
 class SmeSqueezer:
