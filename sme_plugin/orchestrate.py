@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from .bitsets import TABLE_BITS, project_to_mask, project_to_set, values_with_k_bits
+from .errors import ConflictError
 from .greedy import spend
 from .hookspecs import hookimpl
 from .mapping import region_shape
@@ -94,7 +95,7 @@ class KBitsOrchestrator:
                 out.append(q.with_weights(q.w_int.copy()))
                 continue
             if self.params.k > q.bits - 1:
-                raise ValueError(
+                raise ConflictError(
                     f"kbits: k={self.params.k} exceeds the {q.bits - 1} magnitude bits of layer {q.layer.name!r}"
                 )
             allowed = values_with_k_bits(self.params.k, q.bits - 1)
