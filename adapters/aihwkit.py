@@ -170,7 +170,7 @@ class AihwkitLayer(IntegerLayer):
     """Layer whose crossbar reads run on aihwkit tiles (conductances programmed once, at build)."""
 
     def __init__(self, module, mapped: MappedLayer, sim: Simulation, activation_scale: float, kit, noise_model,
-                 params: "AihwkitHost.Params"):
+                 params: AihwkitHost.Params):
         super().__init__(module, mapped.quantized, sim.activation_bits, activation_scale, "cpu")
         if mapped.encoding.cell_bits != sim.cell.bits:
             raise ValueError(f"layer {mapped.name}: mapped for {mapped.encoding.cell_bits}-bit cells, "

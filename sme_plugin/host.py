@@ -63,8 +63,8 @@ EXACT32 = float(1 << 24)
 EXACT64 = float(1 << 53)
 #: cells programmed per ``cell.program`` call (fixed, so conductances never depend on ``chunk_mib``)
 PROGRAM_CELLS = 1 << 19
-#: preferred size of one read slice's temporaries: small enough to stay in cache and in the
-#: allocator's reuse range; ``chunk_mib`` caps it further
+#: preferred size of one read slice's temporaries on the CPU: small enough to stay in cache and in the
+#: allocator's reuse range (a GPU takes whole ``chunk_mib`` slices); ``chunk_mib`` caps it further
 SLICE_BYTES = 12 << 20
 PATHS = ("fused", "integer", "analog")
 
@@ -143,8 +143,8 @@ class IntegerLayer(nn.Module):
             if isinstance(module.padding, str) or module.padding_mode != "zeros":
                 raise ValueError(f"layer {layer.name}: only numeric zero padding is supported, got "
                                  f"padding={module.padding!r}, padding_mode={module.padding_mode!r}")
-            self.unfold = dict(kernel_size=module.kernel_size, dilation=module.dilation,
-                               padding=module.padding, stride=module.stride)
+            self.unfold = {"kernel_size": module.kernel_size, "dilation": module.dilation,
+                           "padding": module.padding, "stride": module.stride}
             self.groups, self.out_features = module.groups, module.out_channels
             self.group_rows = module.in_channels // module.groups * math.prod(module.kernel_size)
         else:
@@ -288,7 +288,6 @@ class CrossbarPlan:
         if path is not None and path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         self.shape = tuple(int(s) for s in p.shape)
-        parts, n_rows, n_cols = self.shape
         reads, height, width = p.levels.shape
         self.slots = (reads, width)
         v = sim.dac.bits
@@ -365,15 +364,17 @@ class CrossbarPlan:
             outputs = np.where(col_ok, np.take_along_axis(p.output[reads], cols, 1), parts * n_cols)
             coef = np.where(col_ok, np.take_along_axis(coefficients[reads], cols, 1), 0)
             scale = np.where(col_ok, np.take_along_axis(full_scale[reads], cols, 1), 0.0)
-            t = lambda a, dtype=torch.int64: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=dev)  # noqa: E731
+            t = lambda a, dtype=torch.int64: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=dev)
             r_idx, k_idx, j_idx = t(reads)[:, None, None], t(rows)[:, :, None], t(cols)[:, None, :]
             g = conductance[r_idx, k_idx, j_idx] * t(row_ok[:, :, None] & col_ok[:, None, :], conductance.dtype)
             g_t = g.transpose(1, 2).contiguous()  # (Rb, Jb, Kb): sums = g_t @ slices
             pack, field = 1, 0
             if self.path == "integer":
                 top = float(scale.max()) if scale.size else 0.0
-                field = max(1, int(math.ceil(math.log2(top + 1))))
-                pack = max(1, min(self.cycles, int(math.log2(EXACT32)) // field)) if self.gemm_dtype == torch.float32 else 1
+                field = max(1, math.ceil(math.log2(top + 1)))
+                # packing cycles saves CPU GEMM work; on a GPU the GEMMs are cheap and the unpacking is not
+                cpu32 = self.gemm_dtype == torch.float32 and dev.type == "cpu"
+                pack = max(1, min(self.cycles, int(math.log2(EXACT32)) // field)) if cpu32 else 1
             self.buckets.append(_Bucket(
                 read_ids=t(reads), slot_rows=t(rows), slot_cols=t(cols),
                 inputs=t(inputs), outputs=t(outputs), coef=t(coef, torch.float32)[:, :, None],
@@ -472,7 +473,7 @@ class CrossbarPlan:
 
         Layout: every tensor of a read slice is (reads, slots, cycles, rows), rows innermost, so each
         cycle's block is contiguous for the DAC, the unpacking and the splice."""
-        parts, n_rows, n_cols = self.shape
+        parts, _n_rows, n_cols = self.shape
         rows = len(x)
         xi = torch.cat([x.to(torch.int32).t(), x.new_zeros(1, rows, dtype=torch.int32)])  # (PN+1, b), row PN = 0
         shifts = self.v * torch.arange(self.cycles, device=self.device, dtype=torch.int32)
@@ -493,7 +494,8 @@ class CrossbarPlan:
                 sources[key] = self._packed(digits, b.pack, b.field)
             source = sources[key]
             per_read = max(1, self._slice_row_bytes(b) * rows)
-            step = max(1, min(b.reads, (min(chunk_bytes - fixed, SLICE_BYTES)) // per_read))
+            budget = chunk_bytes - fixed if self.device.type == "cuda" else min(chunk_bytes - fixed, SLICE_BYTES)
+            step = max(1, min(b.reads, budget // per_read))
             for start in range(0, b.reads, step):
                 stop = min(start + step, b.reads)
                 codes = self._convert(index, start, stop, source, len(cycles), generator, calibrate)

@@ -52,10 +52,10 @@ def golden_cases(draw):
     params = {"sign": sign, "isaac_sign": sign, "packing": draw(st.sampled_from(["tile", "column", "ou"]))}
     geometry = Geometry(rows=draw(st.sampled_from([8, 16, 32])), cols=draw(st.sampled_from([16, 32])),
                         ou_rows=draw(st.sampled_from([2, 4])), cell_bits=draw(st.integers(1, 3)))
-    return dict(name=name, params=params, geometry=geometry, shape=(draw(st.integers(1, 2)), draw(st.integers(1, 40)),
-                draw(st.integers(1, 10))), bits=draw(st.integers(2, 8)), dac_bits=draw(st.integers(1, 4)),
-                activation_bits=draw(st.integers(1, 8)), signed=draw(st.booleans()),
-                adc=draw(st.sampled_from(["ideal", "auto"])), seed=draw(st.integers(0, 2**31)))
+    return {"name": name, "params": params, "geometry": geometry, "shape": (draw(st.integers(1, 2)), draw(st.integers(1, 40)),
+                draw(st.integers(1, 10))), "bits": draw(st.integers(2, 8)), "dac_bits": draw(st.integers(1, 4)),
+                "activation_bits": draw(st.integers(1, 8)), "signed": draw(st.booleans()),
+                "adc": draw(st.sampled_from(["ideal", "auto"])), "seed": draw(st.integers(0, 2**31))}
 
 
 @settings(max_examples=60, deadline=None)
@@ -179,7 +179,7 @@ def test_pcm_drift_is_compensated(kit, net_setup):
 
 
 def test_unsupported_simulations_raise_config_errors(net_setup):
-    net, inputs, mapped, scales, _ = net_setup
+    net, _inputs, mapped, scales, _ = net_setup
     cases = {
         "full_scale: lossless": sim_of(adc=UniformADC(UniformADC.Params(bits=4, full_scale="calibrated")), cell_bits=2),
         "offset_lsb": sim_of(adc=NoisyADC(NoisyADC.Params(bits=4, offset_lsb=0.5)), cell_bits=2),
@@ -193,7 +193,7 @@ def test_unsupported_simulations_raise_config_errors(net_setup):
 
 
 def test_bad_params_and_inputs(kit, net_setup):
-    net, inputs, mapped, scales, _ = net_setup
+    net, _inputs, mapped, scales, _ = net_setup
     with pytest.raises(ValidationError, match="t_inference"):
         AihwkitHost.Params(noise_model="reram", t_inference=5.0)
     with pytest.raises(ValidationError):
@@ -207,7 +207,7 @@ def test_bad_params_and_inputs(kit, net_setup):
 
 
 def test_missing_aihwkit_is_a_clear_config_error(net_setup, monkeypatch):
-    net, inputs, mapped, scales, _ = net_setup
+    net, _inputs, mapped, scales, _ = net_setup
     for name in [n for n in sys.modules if n == "aihwkit" or n.startswith("aihwkit.")] or ["aihwkit"]:
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(errors.ConfigError, match=r"aihwkit is not installed \(pip install --no-deps aihwkit==1.1.0\)"):

@@ -51,7 +51,7 @@ def random_placement(q, cell_bits, scheme, read_rows, cols, rng, bands=2, empty=
     shuffled and packed ``cols`` to a read, so one read mixes sign sets and groups; row slots in random
     order (unused slots anywhere); ``bands`` reads stacked per crossbar."""
     enc = encode(q.w_int, q.layer.mask, q.bits, cell_bits, scheme, segment_rows or read_rows)
-    n_sets, n_groups, parts, n_rows, n_cols = enc.levels.shape
+    _n_sets, _n_groups, parts, n_rows, _n_cols = enc.levels.shape
     reads = []
     for p in range(parts):
         for start in range(0, n_rows, read_rows):
@@ -88,14 +88,14 @@ def exact(x, w_int):
 @st.composite
 def golden_cases(draw):
     P, N, M = draw(st.integers(1, 3)), draw(st.integers(1, 40)), draw(st.integers(1, 12))
-    return dict(
-        shape=(P, N, M), bits=draw(st.integers(2, 9)), cell_bits=draw(st.integers(1, 4)),
-        scheme=draw(st.sampled_from(SIGN_SCHEMES)), read_rows=draw(st.integers(1, N + 3)),
-        cols=draw(st.integers(1, 9)), dac_bits=draw(st.integers(1, 8)), activation_bits=draw(st.integers(1, 9)),
-        signed=draw(st.booleans()), path=draw(st.sampled_from([None, "integer", "analog"])),
-        adc=draw(st.sampled_from(["ideal", "auto", "rounded"])), rows=draw(st.integers(1, 5)),
-        density=draw(st.sampled_from([0.8, 0.2, 0.0])), seed=draw(st.integers(0, 2**31)),
-    )
+    return {
+        "shape": (P, N, M), "bits": draw(st.integers(2, 9)), "cell_bits": draw(st.integers(1, 4)),
+        "scheme": draw(st.sampled_from(SIGN_SCHEMES)), "read_rows": draw(st.integers(1, N + 3)),
+        "cols": draw(st.integers(1, 9)), "dac_bits": draw(st.integers(1, 8)), "activation_bits": draw(st.integers(1, 9)),
+        "signed": draw(st.booleans()), "path": draw(st.sampled_from([None, "integer", "analog"])),
+        "adc": draw(st.sampled_from(["ideal", "auto", "rounded"])), "rows": draw(st.integers(1, 5)),
+        "density": draw(st.sampled_from([0.8, 0.2, 0.0])), "seed": draw(st.integers(0, 2**31)),
+    }
 
 
 def random_integers(rng, case):
@@ -140,7 +140,7 @@ def test_paths_follow_the_components():
     rng = np.random.default_rng(0)
     q = integer_layer(rng.integers(-7, 8, (1, 20, 6)), 4)
     mapped = random_placement(q, 1, "differential", 8, 4, rng)
-    path = lambda **sim: CrossbarPlan(mapped, sim_of(**sim)).path  # noqa: E731
+    path = lambda **sim: CrossbarPlan(mapped, sim_of(**sim)).path
     assert path() == "fused"
     assert path(adc=UniformADC(UniformADC.Params(bits="auto"))) == "fused"  # lossless
     assert path(adc=NoisyADC(NoisyADC.Params(bits="auto"))) == "integer"
@@ -163,8 +163,8 @@ def test_adc_resolution_decides_exactness():
     x = torch.full((1, 1, 16), 3.0, dtype=torch.float64)
     x[..., 0] = 0  # column sums of 15 per cycle
     expected = torch.full((1, 1, 2), 15 * 3 * 7.0, dtype=torch.float64)
-    for params, equal in [(dict(bits="auto"), True), (dict(bits=5, round_to_levels=True), True),
-                          (dict(bits=5), False), (dict(bits=3, round_to_levels=True), False)]:
+    for params, equal in [({"bits": "auto"}, True), ({"bits": 5, "round_to_levels": True}, True),
+                          ({"bits": 5}, False), ({"bits": 3, "round_to_levels": True}, False)]:
         sim = sim_of(adc=UniformADC(UniformADC.Params(**params)), activation_bits=2)
         assert torch.equal(crossbar_matmul(x, mapped, sim, path="integer"), expected) == equal, params
     with pytest.raises(ValueError, match="activation range"):
@@ -263,10 +263,11 @@ def test_noise_is_deterministic_for_a_seed():
     q = integer_layer(rng.integers(-127, 128, (1, 50, 6)), 8)
     mapped = random_placement(q, 1, "differential", 16, 8, rng)
     x = torch.as_tensor(rng.integers(0, 256, (6, 1, 50)), dtype=torch.float64)
-    noisy = dict(cell=SLCCell(SLCCell.Params(preset="grossi2016")), adc=NoisyADC(NoisyADC.Params(bits=5)),
-                 dac=NoisyDAC(NoisyDAC.Params(sigma=0.05)))
+    noisy = {"cell": SLCCell(SLCCell.Params(preset="grossi2016")), "adc": NoisyADC(NoisyADC.Params(bits=5)),
+             "dac": NoisyDAC(NoisyDAC.Params(sigma=0.05))}
     for parts in [("cell",), ("adc",), ("dac",), ("cell", "adc", "dac")]:
-        run = lambda seed: crossbar_matmul(x, mapped, sim_of(seed=seed, **{k: noisy[k] for k in parts}))  # noqa: E731
+        chosen = {k: noisy[k] for k in parts}
+        run = lambda seed, chosen=chosen: crossbar_matmul(x, mapped, sim_of(seed=seed, **chosen))
         first = run(3)
         assert torch.equal(first, run(3))
         assert not torch.equal(first, run(4))
@@ -290,6 +291,21 @@ def test_read_noise_scales_with_the_applied_conductances():
         assert torch.equal(crossbar_matmul(torch.zeros_like(x), mapped, sim_of(cell=cell), conductance=levels),
                            torch.zeros(16, 1, 8, dtype=torch.float64))
     assert 0 < errors_[0] < errors_[1]
+
+
+def test_input_cycles_that_are_zero_for_a_chunk_are_skipped():
+    """No DAC drives and no ADC fires in an all-zero cycle: zero inputs read exactly 0 even through noisy
+    ADCs, and inputs without low bits skip those cycles and stay exact."""
+    rng = np.random.default_rng(6)
+    q = integer_layer(rng.integers(-127, 128, (1, 30, 4)), 8)
+    mapped = random_placement(q, 1, "differential", 16, 8, rng)
+    noisy = sim_of(adc=NoisyADC(NoisyADC.Params(bits=6, noise_lsb=2.0)))
+    zeros = torch.zeros(3, 1, 30, dtype=torch.float64)
+    assert torch.equal(crossbar_matmul(zeros, mapped, noisy), torch.zeros(3, 1, 4, dtype=torch.float64))
+    x = torch.as_tensor(rng.integers(0, 16, (3, 1, 30)) * 16, dtype=torch.float64)  # cycles 0-3 all zero
+    plan = CrossbarPlan(mapped, sim_of(adc=UniformADC(UniformADC.Params(bits="auto", round_to_levels=True))),
+                        path="integer")
+    assert torch.equal(plan.matmul(x, torch.Generator()), exact(x, q.w_int))
 
 
 # --- models through the host ------------------------------------------------------------------------------
@@ -320,7 +336,7 @@ def conv_layer(name, module, groups_per_part, bits):
     blocks = module.weight.detach().numpy().astype(np.float64).reshape(g, module.out_channels // g, -1).transpose(0, 2, 1)
     exists = np.ones(blocks.shape, bool)
     pad = [(0, parts * k - g), (0, 0), (0, 0)]
-    diag = lambda b: np.einsum("pinm,ij->pinjm", np.pad(b, pad).reshape(parts, k, *b.shape[1:]), np.eye(k)).reshape(  # noqa: E731
+    diag = lambda b: np.einsum("pinm,ij->pinjm", np.pad(b, pad).reshape(parts, k, *b.shape[1:]), np.eye(k)).reshape(
         parts, k * b.shape[1], k * b.shape[2])
     kind = "conv" if g == 1 else "grouped"
     return quantized(name, diag(blocks), diag(exists).astype(bool), bits, kind=kind, bias=module.bias.detach().numpy(),
@@ -353,7 +369,7 @@ def mapper(name, **params):
 
 
 def test_calibrate_activations_records_input_peaks(net_setup):
-    net, inputs, qs, scales = net_setup
+    net, inputs, _qs, scales = net_setup
     assert scales["features.0"] == pytest.approx(float(inputs.abs().max()))
     assert scales["fc"] == pytest.approx(float(net.features(inputs).detach().abs().max()))
     with pytest.raises(ValueError, match="not modules"):
@@ -376,10 +392,10 @@ def test_digital_model_tracks_float_model(net_setup):
 
 
 @pytest.mark.parametrize("name,params,cell_bits,dac_bits,adc", [
-    ("sme", dict(sign="differential", packing="column"), 1, 1, None),
-    ("sme", dict(sign="segment-offset", packing="ou"), 2, 2, "auto"),
-    ("isaac", dict(sign="offset"), 2, 1, None),
-    ("bitplane", dict(sign="differential"), 3, 1, "rounded"),
+    ("sme", {"sign": "differential", "packing": "column"}, 1, 1, None),
+    ("sme", {"sign": "segment-offset", "packing": "ou"}, 2, 2, "auto"),
+    ("isaac", {"sign": "offset"}, 2, 1, None),
+    ("bitplane", {"sign": "differential"}, 3, 1, "rounded"),
 ])
 def test_crossbar_model_equals_digital_model(net_setup, name, params, cell_bits, dac_bits, adc):
     net, inputs, qs, scales = net_setup
@@ -410,7 +426,7 @@ def test_calibrated_adc_full_scale(net_setup):
     assert torch.all(full <= lossless) and torch.any(full < lossless) and torch.all((full > 0) == (lossless > 0))
     reference = digital_model(net, qs, 8, scales)(inputs)
     lossless_run = host.build(net, mapped, sim_of(adc=UniformADC(UniformADC.Params(bits=4))), scales)(inputs)
-    error = lambda out: float((out - reference).abs().mean())  # noqa: E731
+    error = lambda out: float((out - reference).abs().mean())
     with torch.no_grad():
         assert error(built(inputs)) < error(lossless_run)
 
@@ -432,7 +448,7 @@ def test_linear_on_higher_rank_inputs_and_chunking():
 
 
 def test_bad_inputs_raise_clear_errors(net_setup):
-    net, inputs, qs, scales = net_setup
+    net, _inputs, qs, scales = net_setup
     mapped = {"fc": mapper("sme").map(qs["fc"], Geometry(rows=16, cols=16, cell_bits=2))}
     with pytest.raises(ValueError, match="mapped for 2-bit cells, but the cell model stores 1 bits"):
         StandaloneHost(StandaloneHost.Params()).build(net, mapped, sim_of(cell_bits=1), scales)
@@ -461,13 +477,13 @@ def strategy_cases(draw):
     name = draw(st.sampled_from(REGISTRY.names("mapper")))
     sign = draw(st.sampled_from(SIGN_SCHEMES))
     rows = draw(st.sampled_from([8, 16, 32]))
-    params = dict(sign=sign, isaac_sign=sign, packing=draw(st.sampled_from(["tile", "column", "ou"])),
-                  weight_bits=draw(st.sampled_from([None, 12])), cell_bits=draw(st.sampled_from([None, 2])))
+    params = {"sign": sign, "isaac_sign": sign, "packing": draw(st.sampled_from(["tile", "column", "ou"])),
+                  "weight_bits": draw(st.sampled_from([None, 12])), "cell_bits": draw(st.sampled_from([None, 2]))}
     geometry = Geometry(rows=rows, cols=64, ou_rows=draw(st.sampled_from([2, 4, 8])), cell_bits=draw(st.integers(1, 4)))
     squeezer = REGISTRY.get("squeezer", draw(st.sampled_from(REGISTRY.names("squeezer")))).factory
     fields = squeezer.Params.model_fields
-    squeeze_params = {k: v for k, v in dict(budget=draw(st.sampled_from([0.0, 0.3])), threshold=draw(
-        st.sampled_from([0, 4])), reorder=draw(st.booleans())).items() if k in fields}
+    squeeze_params = {k: v for k, v in {"budget": draw(st.sampled_from([0.0, 0.3])), "threshold": draw(
+        st.sampled_from([0, 4])), "reorder": draw(st.booleans())}.items() if k in fields}
     return name, params, geometry, squeezer(squeezer.Params(**squeeze_params))
 
 
