@@ -214,6 +214,10 @@ class _Units:
         self.group_bits = np.array([((1 << cell_bits) - 1) << (cell_bits * g) for g in range(n_groups)], dtype=np.int32)
         self.window = np.where(self.values.any(axis=1), (1 << n_groups) - 1, 0).astype(np.int32)
         self.low_binds = bool((-self.top - self.offset_map.astype(np.int64)).max(initial=0) > 0)  # any u >= 1 rule
+        # (U,) smallest upper range bound top - offset over each unit's non-zero values
+        bound = self.top - self.offset[np.arange(self.n_units) % self.n_spatial].astype(np.int32)
+        self.high_bound = np.where(self.values != 0, bound, np.int32(1 << 30)).min(axis=1, initial=1 << 30)
+        del bound
 
     @classmethod
     def build(cls, q: QuantizedLayer, layout: Layout, segment: str = "auto") -> _Units:
@@ -294,7 +298,6 @@ class _Units:
             done += k
             spatial = chunk % self.n_spatial
             current, values = np.take(self.current, chunk, axis=0), np.take(self.values, chunk, axis=0)
-            offset = np.take(self.offset, spatial, axis=0)
             used = self._used(current)
             if count_cells:
                 cells[rows] = _unpack(used, G).sum(axis=1)
@@ -303,25 +306,33 @@ class _Units:
             window = self.window[chunk] & np.bitwise_or.reduce(per_column, axis=1)
             self.window[chunk] = window
             if tables.delta is not None:
-                key = (window[:, None] << self.n_bits) | values.astype(np.int32)
+                key = (window[:, None] << self.n_bits) | values
                 delta = np.take(tables.delta, key, axis=0)  # (K, L, G)
-                risky = np.take(tables.high, key) > self.top - offset
+                # units where a projection may leave the range: the window's largest value exceeds a bound
+                suspect = np.arange(k) if self.low_binds else \
+                    np.flatnonzero(np.take(tables.mask, window) > np.take(self.high_bound, chunk))
+                offset = np.take(self.offset, np.take(spatial, suspect), axis=0)
+                suspect_key = np.take(key, suspect, axis=0)
+                risky = np.take(tables.high, suspect_key) > self.top - offset
                 if self.low_binds:
-                    risky |= np.take(tables.low, key) < -self.top - offset
-                risky = np.nonzero(risky)
+                    risky |= np.take(tables.low, suspect_key) < -self.top - offset
+                unit, slot = np.nonzero(risky)
+                o, unit = offset[unit, slot], suspect[unit]
             else:
                 delta = np.zeros(values.shape + (G,), dtype=np.int64)
-                risky = np.nonzero(values)
-            if len(risky[0]):  # exact projections (range fallbacks) where the table's may leave the range
-                masks = tables.mask[window][risky[0]]
-                v, o = values[risky], offset[risky]
+                unit, slot = np.nonzero(values)
+                o = self.offset[spatial[unit], slot]
+            if len(unit):  # exact projections (range fallbacks) where the table's may leave the range
+                risky = (unit, slot)
+                masks = tables.mask[window][unit]
+                v = values[risky]
                 base = np.square(current[risky].astype(np.int64) - v)
                 bad = np.zeros((len(v), G), dtype=bool)
                 for g in range(G):
                     projected, bad[:, g] = self.project(v, masks & ~self.group_bits[g], o)
                     delta[risky + (g,)] = np.square(projected.astype(np.int64) - v) - base
-                bad &= _unpack(window[risky[0]], G)
-                infeasible[rows] = np.bincount((risky[0][:, None] * G + np.arange(G)).ravel(), bad.ravel(),
+                bad &= _unpack(window[unit], G)
+                infeasible[rows] = np.bincount((unit[:, None] * G + np.arange(G)).ravel(), bad.ravel(),
                                                minlength=k * G).reshape(k, G) > 0
             added[rows] = self._weigh(delta, spatial)
         return saved, added, cells, infeasible
@@ -354,15 +365,18 @@ class _Units:
         self.drop(np.arange(self.n_units), np.full(self.n_units, 31))  # bit 31 is no group: re-project only
 
     def stored(self) -> np.ndarray:
-        """(S, P, N, M) int64 current stored values."""
+        """(S, P, N, M) current stored values (the narrow dtype)."""
         n_sets, parts, row_blocks, col_blocks = self.blocks
         out = self.current.reshape(n_sets, parts, row_blocks, col_blocks, self.seg_cols, self.seg_rows)
         out = out.transpose(0, 1, 2, 5, 3, 4).reshape(n_sets, parts, row_blocks * self.seg_rows, -1)
-        return out[:, :, : self.stored_shape[2], : self.stored_shape[3]].astype(np.int64)
+        return np.ascontiguousarray(out[:, :, : self.stored_shape[2], : self.stored_shape[3]])
 
-    def decoded(self) -> np.ndarray:
-        """(P, N, M) int64 weights of the current values, clipped to the sign-magnitude range."""
-        w_int = self.offset_map.astype(np.int64) + np.tensordot(self.signs, self.stored(), axes=([0], [0]))
+    def decoded(self, stored: np.ndarray | None = None) -> np.ndarray:
+        """(P, N, M) int64 weights of the current values (or of ``stored``), clipped to the sign-magnitude range."""
+        stored = self.stored() if stored is None else stored
+        w_int = self.offset_map.astype(np.int64)
+        for sign, values in zip(self.signs, stored):
+            w_int += int(sign) * values
         return np.where(self.quantized.layer.mask, np.clip(w_int, -self.top, self.top), 0)
 
 

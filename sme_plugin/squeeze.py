@@ -30,7 +30,7 @@ from .hookspecs import hookimpl
 from .orchestrate import _Units, _unpack
 from .params import StrategyParams
 from .placement import assemble, ceil_div, index_bits_for
-from .signs import split_levels
+from .signs import stored_values
 from .types import MappedLayer
 
 
@@ -167,8 +167,10 @@ class TileEmpty:
             return mapped
         encoding, layout, quantized = mapped.encoding, mapped.layout, mapped.quantized
         n_groups = encoding.levels.shape[1]
-        units = _Units(quantized, encoding.stored(), encoding.signs, encoding.offset, layout.region,
-                       encoding.cell_bits, n_groups, min_groups=0)
+        stored, signs = stored_values(layout.sign, quantized.w_int, encoding.offset)  # what the cells store
+        units = _Units(quantized, np.where(quantized.layer.mask[None], stored, 0), signs, encoding.offset,
+                       layout.region, encoding.cell_bits, n_groups, min_groups=0)
+        del stored
         norm = float(np.square(quantized.dequantized()).sum())
         allowed = np.inf if self.params.budget is None else self.params.budget**2 * norm
         problem = _Emptying(units, layout.capacity, self.params.threshold, whole=np.isfinite(allowed))
@@ -176,10 +178,9 @@ class TileEmpty:
         if problem.emptied == 0:
             return mapped
         stored = units.stored()
-        levels = split_levels(stored, n_groups * encoding.cell_bits, encoding.cell_bits)
-        new_encoding = replace(encoding, levels=np.ascontiguousarray(levels.swapaxes(0, 1)))
-        weights, emptied = units.decoded(), problem.emptied
-        del units, problem, stored, levels
+        new_encoding = replace(encoding, levels=_cell_levels(stored, n_groups, encoding.cell_bits))
+        weights, emptied = units.decoded(stored), problem.emptied
+        del units, problem, stored
         placed = mapper.place(quantized.with_weights(weights), new_encoding, layout)
         if placed.crossbars >= mapped.crossbars:  # emptied regions freed no whole crossbar: keep the weights
             return mapped
@@ -193,6 +194,14 @@ class TileEmpty:
                 "weight_error": float(np.sqrt(change / norm)) if norm else 0.0,
             },
         )
+
+
+def _cell_levels(stored: np.ndarray, groups: int, cell_bits: int) -> np.ndarray:
+    """(S, P, N, M) non-negative stored values -> (S, G, P, N, M) uint8 cell levels (as :func:`signs.split_levels`)."""
+    levels = np.empty((stored.shape[0], groups, *stored.shape[1:]), dtype=np.uint8)
+    for g in range(groups):
+        levels[:, g] = (stored >> (cell_bits * g)) & ((1 << cell_bits) - 1)
+    return levels
 
 
 class _Emptying:
