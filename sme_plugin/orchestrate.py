@@ -134,6 +134,7 @@ class _Tables:
     delta: np.ndarray | None = None
     high: np.ndarray | None = None
     low: np.ndarray | None = None
+    delta_f32: np.ndarray | None = None  # ``delta`` as float32 (exact: entries below 2**24)
 
 
 #: largest (windows x values x groups) a ``delta`` table may have
@@ -157,7 +158,8 @@ def _tables(cell_bits: int, groups: int) -> _Tables:
     dropped = project_to_mask(values[None, :, None], (mask[:, None] & ~group_bits)[:, None, :], "nearest",
                               n_bits).astype(np.int64)  # (W, V, G)
     delta = np.square(dropped - values[None, :, None]) - np.square(base - values)[:, :, None]
-    return _Tables(mask=mask.astype(np.int32), used=used, delta=delta.reshape(-1, groups).astype(np.int32),
+    delta = delta.reshape(-1, groups).astype(np.int32)
+    return _Tables(mask=mask.astype(np.int32), used=used, delta=delta, delta_f32=delta.astype(np.float32),
                    high=np.maximum(dropped.max(axis=2), base).ravel().astype(np.int32),
                    low=np.minimum(dropped.min(axis=2), base).ravel().astype(np.int32))
 
@@ -211,6 +213,8 @@ class _Units:
             padded.reshape(parts, 1, col_blocks, self.seg_cols), (parts, row_blocks, col_blocks, self.seg_cols)
         ).reshape(self.n_spatial, self.seg_cols))
         self.tables = _tables(cell_bits, n_groups)
+        # squared errors of a segment column are integers below 2**24: float32 sums are exact
+        self.exact_f32 = self.tables.delta_f32 is not None and self.seg_rows << (2 * self.n_bits) < 1 << 24
         self.group_bits = np.array([((1 << cell_bits) - 1) << (cell_bits * g) for g in range(n_groups)], dtype=np.int32)
         self.window = np.where(self.values.any(axis=1), (1 << n_groups) - 1, 0).astype(np.int32)
         self.low_binds = bool((-self.top - self.offset_map.astype(np.int64)).max(initial=0) > 0)  # any u >= 1 rule
@@ -269,11 +273,17 @@ class _Units:
         return (((current[..., None] & self.group_bits) != 0) << np.arange(self.groups)).sum(axis=-1, dtype=np.int32)
 
     def _weigh(self, per_slot: np.ndarray, spatial: np.ndarray) -> np.ndarray:
-        """(K, L, G) integer squared errors -> (K, G) real ones: summed per column, weighed by its scale."""
+        """(K, L, G) integer squared errors (ints, or integer-valued float32 when :attr:`exact_f32`) -> (K, G)
+        real ones: summed per column (exactly), weighed by its scale."""
         k, _, groups = per_slot.shape
-        if per_slot.dtype != np.int64 and self.seg_rows << (2 * self.n_bits) >= 1 << 31:
-            per_slot = per_slot.astype(np.int64)  # column sums could overflow int32
-        per_column = np.einsum("kcrg->kcg", per_slot.reshape(k, self.seg_cols, self.seg_rows, groups))
+        if per_slot.dtype == np.float32:  # column sums stay below 2**24: exact, and a fast matmul
+            ones = np.ones((1, self.seg_rows), dtype=np.float32)
+            per_column = np.matmul(ones, per_slot.reshape(k * self.seg_cols, self.seg_rows, groups))
+            per_column = per_column.reshape(k, self.seg_cols, groups)
+        else:
+            if per_slot.dtype != np.int64 and self.seg_rows << (2 * self.n_bits) >= 1 << 31:
+                per_slot = per_slot.astype(np.int64)  # column sums could overflow int32
+            per_column = np.einsum("kcrg->kcg", per_slot.reshape(k, self.seg_cols, self.seg_rows, groups))
         if self.seg_cols == 1:
             return per_column[:, 0] * np.take(self.col_weight, spatial, axis=0)
         return np.einsum("kcg,kc->kg", per_column, np.take(self.col_weight, spatial, axis=0))
@@ -307,7 +317,7 @@ class _Units:
             self.window[chunk] = window
             if tables.delta is not None:
                 key = (window[:, None] << self.n_bits) | values
-                delta = np.take(tables.delta, key, axis=0)  # (K, L, G)
+                delta = np.take(tables.delta_f32 if self.exact_f32 else tables.delta, key, axis=0)  # (K, L, G)
                 # units where a projection may leave the range: the window's largest value exceeds a bound
                 suspect = np.arange(k) if self.low_binds else \
                     np.flatnonzero(np.take(tables.mask, window) > np.take(self.high_bound, chunk))
@@ -340,11 +350,16 @@ class _Units:
     def drop(self, units: np.ndarray, groups: np.ndarray) -> None:
         """Drop ``groups[i]`` from the window of ``units[i]`` and re-project those units' values."""
         self.window[units] &= ~(np.int32(1) << groups.astype(np.int32))
-        for start in range(0, len(units), max(1, CHUNK // self.values.shape[1])):
-            chunk = units[start : start + max(1, CHUNK // self.values.shape[1])]
-            masks = np.take(self.tables.mask, self.window[chunk])[:, None]
-            self.current[chunk] = self.project(np.take(self.values, chunk, axis=0), masks,
-                                               np.take(self.offset, chunk % self.n_spatial, axis=0))[0]
+        for chunk in self.chunks(units):
+            masks = np.take(self.tables.mask, self.window[chunk])
+            values = np.take(self.values, chunk, axis=0)
+            current = project_to_mask(values, masks[:, None], "nearest", self.n_bits)
+            # range limits only bind where the window's largest value exceeds the unit's bound
+            check = np.arange(len(chunk)) if self.low_binds else np.flatnonzero(masks > self.high_bound[chunk])
+            if len(check):
+                offset = np.take(self.offset, chunk[check] % self.n_spatial, axis=0)
+                current[check] = self.project(values[check], masks[check, None], offset)[0]
+            self.current[chunk] = current
 
     def errors_of_windows(self, windows: np.ndarray) -> np.ndarray:
         """(W, G) bool candidate windows -> (W, U) squared real error of each unit under each."""
