@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from sme_plugin import mapping
 from sme_plugin.checker import check_placement
+from sme_plugin.errors import ConflictError
 from sme_plugin.mapping import BitplaneMapper, HybridMapper, IsaacMapper, SmeMapper
 from sme_plugin.types import Geometry, Layer, QuantizedLayer
 
@@ -51,9 +52,9 @@ def test_isaac_count_formula():
 
 def test_isaac_rejects_bad_settings():
     q = quantized(np.ones((1, 4, 4)), bits=8)
-    with pytest.raises(ValueError, match="weight_bits=6"):
+    with pytest.raises(ConflictError, match="weight_bits=6"):
         IsaacMapper(IsaacMapper.Params(weight_bits=6)).map(q, GEOMETRY)
-    with pytest.raises(ValueError, match="needs 8 cells"):
+    with pytest.raises(ConflictError, match="needs 8 cells"):
         IsaacMapper(IsaacMapper.Params()).map(q, Geometry(rows=8, cols=4))
     with pytest.raises(ValidationError):
         IsaacMapper.Params(cell_bit=2)
@@ -112,7 +113,7 @@ def test_ou_packs_bands_of_all_segments():
     assert mapped.placement.reads_per_crossbar().tolist() == [4, 4]
     rows = mapped.placement.row
     assert sorted(rows[mapped.placement.crossbar == 0, 0].tolist()) == [0, 16, 32, 48]  # bands stacked
-    with pytest.raises(ValueError, match="ou_rows=24"):
+    with pytest.raises(ConflictError, match="ou_rows=24"):
         sme("ou").map(quantized(w), Geometry(rows=64, cols=32, ou_rows=24))
 
 
@@ -202,7 +203,7 @@ def test_isaac_and_hybrid_invariants(layer_and_geometry, sign, weight_bits, cell
     geometry = Geometry(rows=geometry.rows, cols=64, ou_rows=geometry.ou_rows, cell_bits=geometry.cell_bits)
     isaac = IsaacMapper(IsaacMapper.Params(sign=sign, weight_bits=weight_bits, cell_bits=cell_bits))
     if weight_bits is not None and weight_bits < q.bits:
-        with pytest.raises(ValueError):
+        with pytest.raises(ConflictError):
             isaac.map(q, geometry)
         return
     check_mapping(isaac.map(q, geometry), q)
