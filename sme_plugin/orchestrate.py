@@ -424,10 +424,13 @@ class _WindowDrops:
 class WindowOrchestrator:
     """Keep a window of cell groups per (segment, sign set), in the encoded domain of the mapper's sign scheme.
 
-    A segment is a plane-tile (geometry.rows x geometry.cols of a part), a column (geometry.rows x 1) or an
-    operation unit (geometry.ou_rows x 1). Differential weights have two sign sets, each with its own window;
-    offset schemes project ``u = w - offset`` (segment-offset: the segment minimum keeps u = 0, so the mapper
-    re-derives the same offsets).
+    A segment is the layout's allocation unit (``layout.region``: plane-tile, plane-column of a row block
+    or segment-column of an operation unit), or the ``segment`` kind given. Differential weights have two
+    sign sets, each with its own window; offset schemes project ``u = w - offset`` with the layout's
+    offsets (segment-offset: segments of ``layout.read_rows`` rows, whose minimum keeps u = 0, so the
+    mapper re-derives the same offsets). Budget mode spends the error with the budgeted greedy engine
+    (:func:`sme_plugin.greedy.spend`) that tile-empty shares: each round every segment proposes its
+    cheapest group (squared error added per crossbar column freed).
     """
 
     class Params(StrategyParams):
@@ -473,8 +476,8 @@ class WindowOrchestrator:
 
         Per-layer work (``fixed`` mode, or ``budget`` with ``scope: layer``) runs one layer at a time, so
         only one layer's working state is held; ``scope: model`` holds every sparse layer's state."""
-        out = [q.with_weights(q.w_int.copy()) for q in layers]
         sparse = [i for i, layout in enumerate(layouts) if layout.sparse]
+        out = [None if layout.sparse else q.with_weights(q.w_int.copy()) for q, layout in zip(layers, layouts)]
         build = lambda i: _Units.build(layers[i], layouts[i], self.params.segment)
         if self.params.mode == "budget" and self.params.scope == "model":
             problems = [build(i) for i in sparse]
