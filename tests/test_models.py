@@ -140,6 +140,21 @@ def test_checkpoint_errors_name_file_and_problem(tmp_path, state):
         build(DigitsModel, weights=listing)
 
 
+def test_checkpoints_with_unusable_tensors_are_refused(tmp_path, state):
+    sparse = save(tmp_path, {**state, "fc.weight": state["fc.weight"].to_sparse()}, "sparse.pt")
+    with pytest.raises(WeightsError, match=r"sparse\.pt.*fc\.weight are sparse, complex or quantized"):
+        build(DigitsModel, weights=sparse)
+    complex_ = save(tmp_path, {**state, "fc.weight": state["fc.weight"].to(torch.complex64)}, "complex.pt")
+    with pytest.raises(WeightsError, match=r"complex\.pt.*fc\.weight are sparse, complex or quantized"):
+        build(DigitsModel, weights=complex_)
+    huge = save(tmp_path, {**state, "bn1.running_var": torch.full_like(state["bn1.running_var"], 1e30)}, "huge.pt")
+    with pytest.raises(WeightsError, match=r"huge\.pt.*bn1\.running_var holds values up to 1e\+30"):
+        build(DigitsModel, weights=huge)
+    zeros = {k: torch.zeros_like(v) if k.endswith("weight") else v for k, v in state.items()}
+    with pytest.raises(WeightsError, match=r"zeros\.pt.*every Conv2d/Linear weight is zero"):
+        build(DigitsModel, weights=save(tmp_path, zeros, "zeros.pt"))
+
+
 def test_resnet_checkpoint_mismatch_lists_a_few_keys(tmp_path, mobilenet_v2):
     path = save(tmp_path, mobilenet_v2.module.state_dict(), "mnv2.pt")
     with pytest.raises(WeightsError, match=r"mnv2\.pt.*missing keys .*and \d+ more.*unexpected keys"):
