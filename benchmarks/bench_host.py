@@ -17,7 +17,10 @@ im2col rows; the conductances are programmed once, at build) and ``torch.mm`` of
 weights in float32 (warm, just before and just after the host), in the same process and on one thread:
 the best of ``--repeats`` calls (more for calls under 50 ms) after a warm-up, in thread CPU time (wall time around synchronised
 kernels on CUDA), so other processes sharing the cores do not count; ``ratio`` = host / float32 GEMM. ``exact``: the ideal mode reproduces ``x_int @ w_int``
-bit for bit (None for noisy modes).
+bit for bit (None for noisy modes). ``conversions``: ADC conversions per call (input cycles x converted
+read columns x rows); ``noise_floor``: the time ``torch.Tensor.normal_`` alone needs for the Gaussian draws
+of those conversions (one per conversion for the ADC's noise, one more for read noise), as a ratio to the
+same float32 GEMM: no simulation that draws its noise with torch's generator can be faster.
 
     python benchmarks/bench_host.py --anchors [--json] [--workloads conv mlp] [--modes ideal adc ...]
         [--packings column ou] [--repeats 5] [--chunk-mib 256] [--device cpu|cuda] [--threads 1]
@@ -47,6 +50,8 @@ from sme_plugin.types import Geometry
 ACTIVATION_BITS = 8
 GEOMETRY = Geometry(rows=128, cols=128, ou_rows=16, cell_bits=1)
 MODES = ("ideal", "adc", "program", "program+read")
+#: Gaussian draws per ADC conversion in each mode (the ADC's noise, the cell's read noise)
+DRAWS = {"ideal": 0, "adc": 1, "program": 1, "program+read": 2}
 WORKLOADS = ("conv", "mlp")
 
 
@@ -113,11 +118,14 @@ def bench_anchor(name: str, args, rng: np.random.Generator) -> list[dict]:
     layers = workload(name, rng)
     quantizer = UniformQuantizer(UniformQuantizer.Params(bits=8, granularity="channel"))
     quantized = [(module, quantizer.quantize(layer), x.to(args.device)) for module, layer, x in layers]
+    buffer = torch.empty(1 << 20, device=args.device)
+    generator = torch.Generator(args.device).manual_seed(0)
+    normal_s = best_time(lambda: buffer.normal_(generator=generator), args.device, args.repeats)[0] / buffer.numel()
     results = []
     for packing, mode in itertools.product(args.packings, args.modes):
         mapper = SmeMapper(SmeMapper.Params(packing=packing, sign="differential"))
         sim = simulation(mode)
-        seconds, reference, exact, crossbars, reads = 0.0, 0.0, True, 0, 0
+        seconds, reference, exact, crossbars, reads, conversions = 0.0, 0.0, True, 0, 0, 0
         for module, q, x in quantized:
             mapped = mapper.map(q, GEOMETRY)
             layer = CrossbarLayer(module, mapped, sim, 1.0, args.device, 4096, args.chunk_mib << 20)
@@ -130,11 +138,14 @@ def bench_anchor(name: str, args, rng: np.random.Generator) -> list[dict]:
             seconds, reference = seconds + took, reference + base
             crossbars += mapped.crossbars
             reads += mapped.placement.reads
+            conversions += layer.plan.columns * layer.plan.cycles * len(x)
             expected = torch.einsum("rpn,pnm->rpm", x, torch.as_tensor(q.w_int, dtype=torch.float64, device=args.device))
             exact = exact and torch.equal(y, expected)
+        draws = conversions * DRAWS[mode]  # normals drawn per call: ADC noise, read noise
         results.append({"workload": name, "mode": mode, "packing": packing, "ratio": seconds / reference,
                         "exact": exact if mode == "ideal" else None, "seconds": seconds, "float_s": reference,
-                        "crossbars": crossbars, "reads": reads, "path": layer.plan.path})
+                        "crossbars": crossbars, "reads": reads, "conversions": conversions,
+                        "noise_floor": draws * normal_s / reference, "path": layer.plan.path})
     return results
 
 

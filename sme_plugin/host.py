@@ -317,6 +317,7 @@ class CrossbarPlan:
         self.offset = ExactMatmul(p.offset, device) if p.offset.any() else None
         self.fused = ExactMatmul(p.weights(), device) if path == "fused" else None
         self.buckets: list[_Bucket] = []
+        self.columns = 0
         if path != "fused":
             self._build_buckets(p, conductance, ideal_cell)
         self.observed = None  # per-bucket (Rb, Jb) maxima while calibrating the ADC
@@ -345,6 +346,7 @@ class CrossbarPlan:
             keep_row &= (p.levels != 0).any(axis=2)
         live = keep_col.any(axis=1) & keep_row.any(axis=1)
         n_k, n_j = keep_row.sum(1), keep_col.sum(1)
+        self.columns = int(n_j[live].sum())  # ADC conversions per input cycle and stream row
         keys = np.stack([_pow2(n_k), _pow2(n_j)], axis=1)[live]
         reads_live = np.nonzero(live)[0]
         full_scale = p.full_scale(self.v)
