@@ -271,7 +271,7 @@ class CrossbarPlan:
 
     mapped: the layer and its placement. sim: cell, ADC, DAC, activation bits, seed.
     device: where the simulation runs. generator: draws the programming noise (default: seeded
-    from ``sim.seed`` and the layer name). conductance: (R, K, J) conductances to use instead of
+    from ``sim.seed`` and the layer name). conductance: (R, K, J) conductances (level units) to use instead of
     programming the cell model (tests, adapters). path: force ``integer`` or ``analog`` (default: the
     fastest path the components allow; ``fused`` needs ideal cells and DAC and a lossless ADC,
     ``integer`` ideal cells and DAC).
@@ -302,8 +302,8 @@ class CrossbarPlan:
         elif tuple(conductance.shape) != (reads, height, width):
             raise ValueError(f"layer {mapped.name}: conductance {tuple(conductance.shape)} must have the placement's "
                              f"(reads, row slots, column slots) shape {(reads, height, width)}")
-        conductance = conductance.to(device, torch.float64)
-        ideal_cell = sim.cell.read_noise == 0 and torch.equal(conductance, torch.where(present, levels.double(), 0.0))
+        conductance = conductance.to(device, torch.float32)
+        ideal_cell = sim.cell.read_noise == 0 and torch.equal(conductance, torch.where(present, levels.float(), 0.0))
         ideal_dac = self._dac_is_ideal(sim.dac, device)
         fused_ok = ideal_cell and ideal_dac and bool(getattr(sim.adc, "lossless", False)) \
             and not getattr(sim.adc, "calibrated", False)
@@ -324,11 +324,14 @@ class CrossbarPlan:
 
     @staticmethod
     def _program(cell, levels, present, generator) -> torch.Tensor:
-        """float64 conductances of the (R, K, J) cells, programmed in blocks of whole reads."""
+        """float32 conductances of the (R, K, J) cells, programmed in blocks of whole reads (float32 holds
+        every integer level exactly and any programmed value far below any noise)."""
         per_read = max(1, levels.shape[1] * levels.shape[2])
         step = max(1, PROGRAM_CELLS // per_read)
-        return torch.cat([cell.program(lv, pr, generator) for lv, pr in zip(levels.split(step), present.split(step))]) \
-            if len(levels) else torch.zeros(levels.shape, dtype=torch.float64, device=levels.device)
+        out = torch.empty(levels.shape, dtype=torch.float32, device=levels.device)
+        for start in range(0, len(levels), step):
+            out[start:start + step] = cell.program(levels[start:start + step], present[start:start + step], generator)
+        return out
 
     @staticmethod
     def _dac_is_ideal(dac, device) -> bool:
