@@ -33,7 +33,10 @@ Three paths, chosen per layer from the components' behaviour (not their names):
 
 Memory: rows are processed in chunks of at most ``batch_rows`` rows, and each chunk's reads in slices,
 so that the temporaries of one slice (gathered inputs, column sums, noise, ADC work, codes) stay under
-``chunk_mib``.
+``chunk_mib``. Exact paths give the same result for any chunking; noisy ones draw their noise in chunk
+and slice order, so they are reproducible for the same seed, inputs, ``batch_rows`` and ``chunk_mib``.
+On CUDA, exact GEMMs run in float64 when ``torch.backends.cuda.matmul.allow_tf32`` lets float32 ones
+round through TF32.
 """
 
 from __future__ import annotations
@@ -231,11 +234,16 @@ class ExactMatmul:
         bound = max(-float(low), float(high)) * self.reach
         if bound >= EXACT64:
             raise ValueError(f"x @ w may reach {bound:.3g}, beyond float64's exact integers (2**53)")
-        w = self.w32 if self.w32 is not None and bound < EXACT32 else self.w64
+        w = self.w32 if self.w32 is not None and bound < EXACT32 and not _tf32(x.device) else self.w64
         xs = x.to(w.dtype)
         if w.shape[0] == 1:
             return torch.mm(xs[:, 0], w[0]).to(torch.float64).unsqueeze(1)
         return torch.bmm(xs.transpose(0, 1), w).transpose(0, 1).to(torch.float64)
+
+
+def _tf32(device: torch.device) -> bool:
+    """Whether float32 GEMMs on ``device`` may round through TF32 (then exact integer GEMMs use float64)."""
+    return device.type == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
 
 
 @contextmanager
@@ -355,8 +363,8 @@ class CrossbarPlan:
         full_scale = p.full_scale(self.v)
         coefficients = p.coefficients()
         dev = self.device
-        conductance = conductance.to(torch.float32 if not ideal_cell or self._fs_max(full_scale) < EXACT32
-                                     else torch.float64)
+        exact32 = self._fs_max(full_scale) < EXACT32 and not _tf32(self.device)
+        conductance = conductance.to(torch.float32 if not ideal_cell or exact32 else torch.float64)
         self.gemm_dtype = conductance.dtype
         for key in np.unique(keys, axis=0) if len(keys) else []:
             reads = reads_live[(keys == key).all(axis=1)]
@@ -388,7 +396,8 @@ class CrossbarPlan:
                 pack=pack, field=field,
             ))
         splice_top = self._fs_max(full_scale) / max(1, self.digit_mask) * float((1 << (self.v * self.cycles)) - 1)
-        self.splice_dtype = torch.float32 if not ideal_cell or splice_top < EXACT32 else torch.float64
+        exact32 = splice_top < EXACT32 and not _tf32(self.device)
+        self.splice_dtype = torch.float32 if not ideal_cell or exact32 else torch.float64
 
     @staticmethod
     def _fs_max(full_scale: np.ndarray) -> float:
