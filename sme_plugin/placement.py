@@ -90,20 +90,23 @@ def assemble(
 
 
 def _gather(levels: np.ndarray, part, logical_rows, column, sign_set, group) -> np.ndarray:
-    """(R, K, J) uint8 ``levels[s, g, p, n, m]`` of every slot pair, 0 where a slot is unused."""
+    """(R, K, J) uint8 ``levels[s, g, p, n, m]`` of every slot pair, 0 where a slot is unused.
+
+    A cell's flat index is a column term plus a row term; unused slots get terms so negative that the
+    sum stays below 1, which ``take(mode="clip")`` maps to the zero put in front of the levels."""
     n_sets, n_groups, parts, n_rows, n_cols = levels.shape
-    flat = levels.reshape(-1)
-    col_index = (((sign_set.astype(np.int64) * n_groups + group) * parts + part[:, None]) * n_rows) * n_cols
-    col_index = np.where(column >= 0, col_index + column, -1)  # (R, J)
-    row_index = np.where(logical_rows >= 0, logical_rows.astype(np.int64) * n_cols, -1)  # (R, K)
+    flat = np.concatenate([np.zeros(1, dtype=np.uint8), levels.reshape(-1)])
+    index = np.int64 if flat.size >= 1 << 30 else np.int32
+    unused = -(flat.size + 1)
+    col_term = (((sign_set.astype(np.int64) * n_groups + group) * parts + part[:, None]) * n_rows) * n_cols + column
+    col_term = np.where(column >= 0, col_term + 1, unused).astype(index)  # (R, J)
+    row_term = np.where(logical_rows >= 0, logical_rows.astype(np.int64) * n_cols, unused).astype(index)  # (R, K)
     reads, height, width = len(part), logical_rows.shape[1], column.shape[1]
-    out = np.zeros((reads, height, width), dtype=np.uint8)
+    out = np.empty((reads, height, width), dtype=np.uint8)
     step = max(1, GATHER_CELLS // max(height * width, 1))
-    for start in range(0, reads, step):  # chunks of reads bound the (chunk, K, J) int64 index
-        cols, rows_ = col_index[start : start + step], row_index[start : start + step]
-        index = rows_[:, :, None] + cols[:, None, :]
-        valid = (rows_ >= 0)[:, :, None] & (cols >= 0)[:, None, :]
-        out[start : start + step] = np.where(valid, flat[np.where(valid, index, 0)], 0)
+    for start in range(0, reads, step):  # chunks of reads bound the (chunk, K, J) index temporary
+        chunk = slice(start, start + step)
+        np.take(flat, row_term[chunk, :, None] + col_term[chunk, None, :], out=out[chunk], mode="clip")
     return out
 
 

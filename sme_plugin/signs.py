@@ -52,11 +52,16 @@ def scheme_offsets(scheme: str, w_int: np.ndarray, mask: np.ndarray, bits: int, 
     raise ValueError(f"unknown sign scheme {scheme!r}; choose one of {', '.join(SIGN_SCHEMES)}")
 
 
-def split_levels(values: np.ndarray, n_bits: int, cell_bits: int) -> np.ndarray:
-    """Non-negative ints (..., ) -> (G, ...) uint8 cell levels, G = ceil(n_bits / cell_bits)."""
-    groups = -(-n_bits // cell_bits)
-    shifts = (cell_bits * np.arange(groups, dtype=np.int64)).reshape((groups,) + (1,) * values.ndim)
-    return ((values[None] >> shifts) & ((1 << cell_bits) - 1)).astype(np.uint8)
+def cell_levels(stored: np.ndarray, groups: int, cell_bits: int) -> np.ndarray:
+    """(S, ...) non-negative stored values -> (S, G, ...) uint8 levels of their G cell groups of
+    ``cell_bits`` bits (group g holds bits ``[g*cell_bits, (g+1)*cell_bits)``).
+
+    One whole-array shift per group (G <= 32) writes straight into the uint8 result, so no
+    (G, S, ...) int64 temporary is ever held."""
+    levels = np.empty((stored.shape[0], groups, *stored.shape[1:]), dtype=np.uint8)
+    for g in range(groups):
+        np.bitwise_and(stored >> (cell_bits * g), (1 << cell_bits) - 1, out=levels[:, g], casting="unsafe")
+    return levels
 
 
 def stored_values(scheme: str, w_int: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,5 +86,6 @@ def encode(
     n_bits = encoded_bits(scheme, bits)
     if values.size and values.max() >= (1 << n_bits):
         raise ValueError(f"weights exceed {bits} bits under the {scheme} sign scheme")
-    levels = split_levels(values, n_bits, cell_bits)  # (G, S, P, N, M)
-    return Encoding(levels=np.ascontiguousarray(levels.swapaxes(0, 1)), signs=signs, offset=offset, cell_bits=cell_bits)
+    narrow = values.astype(np.int32) if n_bits < 31 else values  # halves the memory the group shifts read
+    levels = cell_levels(narrow, -(-n_bits // cell_bits), cell_bits)
+    return Encoding(levels=levels, signs=signs, offset=offset, cell_bits=cell_bits)

@@ -30,7 +30,7 @@ from .hookspecs import hookimpl
 from .orchestrate import _Units, _unpack
 from .params import StrategyParams
 from .placement import assemble, ceil_div, index_bits_for
-from .signs import stored_values
+from .signs import cell_levels, stored_values
 from .types import MappedLayer
 
 
@@ -178,7 +178,7 @@ class TileEmpty:
         if problem.emptied == 0:
             return mapped
         stored = units.stored()
-        new_encoding = replace(encoding, levels=_cell_levels(stored, n_groups, encoding.cell_bits))
+        new_encoding = replace(encoding, levels=cell_levels(stored, n_groups, encoding.cell_bits))
         weights, emptied = units.decoded(stored), problem.emptied
         del units, problem, stored
         placed = mapper.place(quantized.with_weights(weights), new_encoding, layout)
@@ -194,14 +194,6 @@ class TileEmpty:
                 "weight_error": float(np.sqrt(change / norm)) if norm else 0.0,
             },
         )
-
-
-def _cell_levels(stored: np.ndarray, groups: int, cell_bits: int) -> np.ndarray:
-    """(S, P, N, M) non-negative stored values -> (S, G, P, N, M) uint8 cell levels (as :func:`signs.split_levels`)."""
-    levels = np.empty((stored.shape[0], groups, *stored.shape[1:]), dtype=np.uint8)
-    for g in range(groups):
-        levels[:, g] = (stored >> (cell_bits * g)) & ((1 << cell_bits) - 1)
-    return levels
 
 
 class _Emptying:
