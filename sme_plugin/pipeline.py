@@ -78,16 +78,23 @@ def check_finite(layers: list[Layer]) -> None:
 
 def bit_sparsity(q: QuantizedLayer) -> list[float]:
     """Zero fraction of each magnitude bit plane (LSB first) over the layer's existing weights."""
-    magnitudes = np.abs(q.w_int[q.layer.mask])
-    planes = (magnitudes[:, None] >> np.arange(q.bits - 1)) & 1
-    return [round(float(v), 4) for v in 1.0 - planes.mean(axis=0)] if magnitudes.size else []
+    counts = np.bincount(np.abs(q.w_int[q.layer.mask]), minlength=1 << (q.bits - 1))  # weights per magnitude
+    if not counts.sum():
+        return []
+    ones = (np.arange(counts.size)[:, None] >> np.arange(q.bits - 1)) & 1  # (magnitudes, planes)
+    return [round(float(v), 4) for v in 1.0 - counts @ ones / counts.sum()]
 
 
 def stored_sparsity(mapped: MappedLayer) -> list[float]:
     """Zero fraction of the cells of each cell group (LSB group first) that the mapping stores, over every
-    sign set and existing weight: the sparsity SME squeezes out (orchestrated, sign-encoded planes)."""
-    levels = mapped.encoding.levels[:, :, mapped.quantized.layer.mask]  # (S, G, weights)
-    return [round(float(v), 4) for v in (levels == 0).mean(axis=(0, 2))] if levels.size else []
+    sign set and existing weight: the sparsity SME squeezes out (orchestrated, sign-encoded planes).
+    Levels are 0 where the layer has no weight, so those positions only add to the zero count."""
+    levels = mapped.encoding.levels  # (S, G, P, N, M)
+    cells = levels.shape[0] * int(mapped.quantized.layer.mask.sum())
+    if not cells:
+        return []
+    nonzero = np.count_nonzero(levels.reshape(levels.shape[0], levels.shape[1], -1), axis=2).sum(axis=0)
+    return [round(float(v), 4) for v in 1.0 - nonzero / cells]
 
 
 def squared_errors(before: QuantizedLayer, after: QuantizedLayer) -> tuple[float, float]:

@@ -49,9 +49,15 @@ def apot_levels(bits: int, terms: int) -> np.ndarray:
 
 
 def nearest_level(x: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """Nearest member of the sorted int64 ``levels`` to each real ``x`` (ties go down), as int64."""
-    below = project_to_set(np.floor(x), levels, "floor")
-    above = project_to_set(np.ceil(x), levels, "ceil")
+    """Nearest member of the sorted int64 ``levels`` (0 first) to each real ``x`` in [0, levels[-1]]
+    (ties go down), as int64; through floor/ceil tables over the integers 0 .. levels[-1]."""
+    top = int(levels[-1])
+    grid = np.arange(top + 1)
+    floor_table = levels[np.searchsorted(levels, grid, side="right") - 1]  # largest level <= i
+    ceil_table = levels[np.searchsorted(levels, grid, side="left")]  # smallest level >= i
+    x = np.clip(x, 0.0, top)
+    below = floor_table[np.floor(x).astype(np.int32)]
+    above = ceil_table[np.ceil(x).astype(np.int32)]
     return np.where(above - x < x - below, above, below)
 
 
