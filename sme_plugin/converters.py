@@ -7,6 +7,7 @@ given in level*input units (integer-valued for ideal cells) and returns them in 
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
@@ -36,22 +37,29 @@ ADC_GROWTH_BELOW = (1.25, 1.3)
 DAC_1BIT = (0.417, 0.166)
 
 
+@functools.lru_cache(maxsize=1)
+def _adc_table() -> np.ndarray:
+    """(65, 2) (energy pJ, area um^2) of ADCs of 0..64 bits, by the rule of :func:`adc_cost`."""
+    b = np.arange(65)
+    lo, hi = min(ADC_TABLE), max(ADC_TABLE)
+    table = np.array([ADC_TABLE[k] for k in range(lo, hi + 1)])  # (7, 2)
+    inside = table[np.clip(b, lo, hi) - lo]
+    above = np.array(ADC_GROWTH_ABOVE) ** np.maximum(b - hi, 0)[:, None]
+    below = np.array(ADC_GROWTH_BELOW) ** np.maximum(lo - b, 0)[:, None]
+    return np.where((b > 0)[:, None], inside * above / below, 0.0)
+
+
 def adc_cost(bits):
-    """(energy pJ per conversion, area um^2) of an ADC of ``bits`` resolution (int or int array).
+    """(energy pJ per conversion, area um^2) of an ADC of ``bits`` resolution (int or int array, 0..64).
 
     Table values inside 4..10 bits; above 10 each bit multiplies energy by 1.2 and area by 1.6;
     below 4 each bit removed divides the 4-bit energy by 1.25 and area by 1.3. 0 bits (a column
     that never conducts) costs nothing.
     """
     b = np.asarray(bits)
-    if not np.issubdtype(b.dtype, np.integer) or (b < 0).any():
-        raise ValueError(f"ADC bits must be non-negative integers, got {bits!r}")
-    lo, hi = min(ADC_TABLE), max(ADC_TABLE)
-    table = np.array([ADC_TABLE[k] for k in range(lo, hi + 1)])  # (7, 2)
-    inside = table[np.clip(b, lo, hi) - lo]  # (..., 2)
-    above = np.array(ADC_GROWTH_ABOVE) ** np.maximum(b - hi, 0)[..., None]
-    below = np.array(ADC_GROWTH_BELOW) ** np.maximum(lo - b, 0)[..., None]
-    cost = np.where((b > 0)[..., None], inside * above / below, 0.0)
+    if not np.issubdtype(b.dtype, np.integer) or (b < 0).any() or (b > 64).any():
+        raise ValueError(f"ADC bits must be non-negative integers up to 64, got {bits!r:.80}")
+    cost = _adc_table()[b]
     if cost.ndim == 1:
         return float(cost[0]), float(cost[1])
     return cost[..., 0], cost[..., 1]

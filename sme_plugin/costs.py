@@ -108,31 +108,45 @@ class Corrections:
     stored: int
 
 
+def _distinct_offsets(placement: Placement) -> tuple[np.ndarray, np.ndarray]:
+    """(segment, offset) of every distinct non-zero (segment, column, offset) correction of ``placement``.
+
+    Offsets of the built-in sign schemes are constant over a segment's rows in each column; that case
+    is one reduction over contiguous segments, anything else goes through ``np.unique``."""
+    parts, rows, cols = placement.shape
+    segments = placement.offset_segment.reshape(-1)
+    offset = placement.offset.reshape(parts * rows, cols)
+    if segments.size and (np.diff(segments) >= 0).all():
+        starts = np.flatnonzero(np.r_[True, segments[1:] != segments[:-1]])
+        low, high = np.minimum.reduceat(offset, starts, axis=0), np.maximum.reduceat(offset, starts, axis=0)
+        if (low == high).all():
+            segment, _ = np.nonzero(low)
+            return segments[starts][segment], low[low != 0]
+    nonzero = offset != 0
+    values = offset[nonzero]
+    span = 2 * int(np.abs(values).max(initial=0)) + 1
+    row, column = np.nonzero(nonzero)
+    keys = np.unique((segments[row] * cols + column) * span + values + span // 2)
+    return keys // span // cols, keys % span - span // 2
+
+
 def corrections(placement: Placement, activation_bits: int) -> Corrections:
     """The offset corrections ``o * sum(x over segment)`` the periphery adds back for ``placement``."""
-    parts, rows, cols = placement.shape
-    offset = placement.offset
-    nonzero = offset != 0
-    if not nonzero.any():
+    segment, values = _distinct_offsets(placement)
+    if not values.size:
         return Corrections(0, 0, 0, 0, 0, 0, 0)
-    values = offset[nonzero]
-    span = 2 * int(np.abs(values).max()) + 1
-    segment = np.broadcast_to(placement.offset_segment[:, :, None], offset.shape)[nonzero]
-    column = np.broadcast_to(np.arange(parts)[:, None, None] * cols + np.arange(cols), offset.shape)[nonzero]
-    keys = np.unique((segment * (parts * cols) + column) * span + values + span // 2)  # (segment, column, offset)
-    corrected_segment = keys // span // (parts * cols)
-    magnitude = np.abs(keys % span - span // 2)
+    magnitude = np.abs(values)
     power_of_two = (magnitude & (magnitude - 1)) == 0
     used_segments, segment_rows = np.unique(placement.offset_segment, return_counts=True)
-    with_corrections = np.isin(used_segments, corrected_segment)
+    with_corrections = np.isin(used_segments, segment)
     return Corrections(
         macs=int((~power_of_two).sum()),
         shifts=int(power_of_two.sum()),
         sums=int(with_corrections.sum()),
         sum_adds=int((segment_rows[with_corrections] - 1).sum()),
-        offset_width=int(np.abs(values).max()).bit_length() + 1,
+        offset_width=int(magnitude.max()).bit_length() + 1,
         sum_width=activation_bits + int(segment_rows.max() - 1).bit_length(),
-        stored=1 if (values == values[0]).all() else len(keys),
+        stored=1 if (values == values[0]).all() else len(values),
     )
 
 

@@ -75,8 +75,10 @@ def row_compact(mapped: MappedLayer, column_order: np.ndarray | None = None) -> 
     padded = np.full((parts, blocks * cols), -1, dtype=np.int64)
     padded[:, :n_cols] = order
     block_columns = padded.reshape(parts, blocks, cols)  # (P, CB, cols) logical column of each position
-    nonzero = np.take_along_axis(encoding.levels != 0, np.maximum(padded, 0)[None, None, :, None, :], axis=-1)
-    nonzero &= padded[None, None, :, None, :] >= 0
+    nonzero = encoding.levels != 0
+    if column_order is not None:
+        nonzero = np.take_along_axis(nonzero, order[None, None, :, None, :], axis=-1)
+    nonzero = np.pad(nonzero, [(0, 0)] * 4 + [(0, blocks * cols - n_cols)])  # padded positions hold nothing
     surviving = nonzero.reshape(n_sets, n_groups, parts, n_rows, blocks, cols).any(axis=-1)  # (S, G, P, N, CB)
     p, cb, s, g, n = np.nonzero(surviving.transpose(2, 4, 0, 1, 3))  # ordered by (p, cb, s, g, n)
     key = p * blocks + cb
