@@ -92,16 +92,25 @@ def assemble(
 def _gather(levels: np.ndarray, part, logical_rows, column, sign_set, group) -> np.ndarray:
     """(R, K, J) uint8 ``levels[s, g, p, n, m]`` of every slot pair, 0 where a slot is unused.
 
-    A cell's flat index is a column term plus a row term; unused slots get terms so negative that the
-    sum stays below 1, which ``take(mode="clip")`` maps to the zero put in front of the levels."""
+    Reads that drive aligned blocks of K consecutive rows (every mapper's) copy K-row column runs of a
+    column-major copy of the levels; other reads (row compaction) gather cell by cell."""
     n_sets, n_groups, parts, n_rows, n_cols = levels.shape
+    reads, height, width = len(part), logical_rows.shape[1], column.shape[1]
+    first = np.maximum(logical_rows[:, :1], 0)
+    if reads and (first % height == 0).all() and (block_rows(first[:, 0] // height, height, n_rows) == logical_rows).all():
+        blocks = -(-n_rows // height)
+        runs = np.zeros((n_sets, n_groups, parts, n_cols + 1, blocks * height), dtype=np.uint8)  # column M: zeros
+        runs[:, :, :, :n_cols, :n_rows] = levels.transpose(0, 1, 2, 4, 3)
+        runs = runs.reshape(-1, blocks, height)  # (S*G*P*(M+1), blocks, K): one K-row run per block
+        index = ((sign_set.astype(np.int64) * n_groups + group) * parts + part[:, None]) * (n_cols + 1)
+        index = (index + np.where(column >= 0, column, n_cols)) * blocks + first // height  # (R, J)
+        return np.ascontiguousarray(runs.reshape(-1, height)[index].transpose(0, 2, 1))
     flat = np.concatenate([np.zeros(1, dtype=np.uint8), levels.reshape(-1)])
-    index = np.int64 if flat.size >= 1 << 30 else np.int32
+    index_type = np.int64 if flat.size >= 1 << 30 else np.int32
     unused = -(flat.size + 1)
     col_term = (((sign_set.astype(np.int64) * n_groups + group) * parts + part[:, None]) * n_rows) * n_cols + column
-    col_term = np.where(column >= 0, col_term + 1, unused).astype(index)  # (R, J)
-    row_term = np.where(logical_rows >= 0, logical_rows.astype(np.int64) * n_cols, unused).astype(index)  # (R, K)
-    reads, height, width = len(part), logical_rows.shape[1], column.shape[1]
+    col_term = np.where(column >= 0, col_term + 1, unused).astype(index_type)  # (R, J)
+    row_term = np.where(logical_rows >= 0, logical_rows.astype(np.int64) * n_cols, unused).astype(index_type)
     out = np.empty((reads, height, width), dtype=np.uint8)
     step = max(1, GATHER_CELLS // max(height * width, 1))
     for start in range(0, reads, step):  # chunks of reads bound the (chunk, K, J) index temporary
