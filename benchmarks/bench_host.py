@@ -39,7 +39,7 @@ import torch
 from bench_mapping import limit_threads, positive, print_table  # first: it puts the checkout on sys.path
 from torch import nn
 
-from cell_models import IdealCell, SLCCell
+from sme_cell_models import IdealCell, SLCCell
 from sme_plugin.converters import IdealADC, IdealDAC, NoisyADC
 from sme_plugin.host import CrossbarLayer, Simulation, StandaloneHost
 from sme_plugin.layers import conv_layer, linear_layer

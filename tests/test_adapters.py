@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from test_host import sim_of, small_net
 
-from adapters.aihwkit import AihwkitHost, AihwkitPlan, rpu_config
-from cell_models import SLCCell
+from sme_adapters.aihwkit import AihwkitHost, AihwkitPlan, rpu_config
+from sme_cell_models import SLCCell
 from sme_plugin import errors
 from sme_plugin.converters import NoisyADC, NoisyDAC, UniformADC
 from sme_plugin.host import CrossbarPlan, digital_model
@@ -25,7 +25,7 @@ REGISTRY = build_registry(plugin_manager(load_entrypoints=False))
 @pytest.fixture(scope="module")
 def kit():
     pytest.importorskip("aihwkit")
-    from adapters.aihwkit import load_aihwkit
+    from sme_adapters.aihwkit import load_aihwkit
 
     return load_aihwkit()
 

@@ -3,10 +3,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cell_models
-from cell_models import PRESETS, IdealCell, MLCCell, SLCCell
-from cell_models import reram
-from cell_models.reram import DEFAULT_PRESET, PRESET_SOURCES
+import sme_cell_models as cell_models
+from sme_cell_models import PRESETS, IdealCell, MLCCell, SLCCell
+from sme_cell_models import reram
+from sme_cell_models.reram import DEFAULT_PRESET, PRESET_SOURCES
 from sme_plugin.plugins import registry_of
 
 

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from cell_models import IdealCell, MLCCell, SLCCell
+from sme_cell_models import IdealCell, MLCCell, SLCCell
 from sme_plugin import errors
 from sme_plugin.checker import check_placement
 from sme_plugin.converters import IdealADC, IdealDAC, NoisyADC, NoisyDAC, UniformADC, lossless_bits
