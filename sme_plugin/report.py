@@ -153,6 +153,35 @@ def _timings(report: dict) -> str:
                   [["total", _fmt(float(sum(timing.values())))]])
 
 
+def _tradeoff(report: dict, baseline: str = "isaac") -> str:
+    """One sentence naming every axis on which SME is worse than ``baseline`` (the price of its saving)."""
+    sme, base = report["costs"]["sme"], report["costs"][baseline]
+    axes = {"energy": "energy_uj", "latency": "latency_us", "area": "area_mm2", "ADC conversions": "adc_conversions"}
+    worse = [f"{sme[key] / base[key]:.2f}x the {axis}" for axis, key in axes.items()
+             if base[key] and sme[key] > base[key]]
+    accuracy = report["accuracy"]
+    if accuracy.get("sme") is not None and accuracy.get(baseline) is not None and accuracy["sme"] < accuracy[baseline]:
+        worse.append(f"{accuracy[baseline] - accuracy['sme']:.2f} points of accuracy")
+    if not worse:
+        return f"SME is no worse than {baseline} on energy, latency, area, ADC conversions or accuracy."
+    return f"Trade-off: against {baseline}, SME takes {', '.join(worse)}."
+
+
+def _headline(report: dict, labels: list[str]) -> str:
+    """One row per mapping: crossbars, reduction, reads, ADC conversions and bits, energy (analog and
+    digital), latency, area and simulated accuracy, so a saving on one axis shows its cost on the others."""
+    totals, costs, acc = report["totals"], report["costs"], report["accuracy"]
+    rows = []
+    for label in labels:
+        c = costs[label]
+        rows.append([label, c["crossbars"], format_reduction(totals["reductions"].get(f"vs_{label}")), c["reads"],
+                     c["adc_conversions"], f"{c['adc_bits_lossless_max']} / {c['adc_bits_used_max']}",
+                     _fmt(c["energy_uj"]), f"{_fmt(c['energy_analog_uj'])} / {_fmt(c['energy_digital_uj'])}",
+                     _fmt(c["latency_us"]), _fmt(c["area_mm2"]), _fmt(acc.get(label))])
+    return _table(["mapping", "crossbars", "SME saves", "reads", "ADC conversions", "ADC bits (lossless / used)",
+                   "energy µJ", "analog / digital µJ", "latency µs", "area mm²", "accuracy %"], rows)
+
+
 def markdown(report: dict, extra_sections=()) -> str:
     """The human report."""
     totals, model, acc = report["totals"], report["model"], report["accuracy"]
@@ -165,21 +194,19 @@ def markdown(report: dict, extra_sections=()) -> str:
         f"SME {report.get('sme_version', '?')}.",
         "## Configuration",
         _components(report),
-        "## Crossbars",
-        _table(["mapping", "crossbars", "reduction by SME"],
-               [[label, totals["crossbars"][label], format_reduction(totals["reductions"].get(f"vs_{label}"))]
-                for label in labels]),
+        "## SME next to each baseline (per inference)",
+        _headline(report, labels),
         f"Reduction against the ISAAC baseline at the same weight width: **{format_reduction(totals['reduction'])}**; "
-        f"weight error of the SME mapping ||W'-W||/||W|| = {_fmt(totals['weight_error'])}.",
+        f"weight error of the SME mapping ||W'-W||/||W|| = {_fmt(totals['weight_error'])}. Every figure comes from "
+        "the mappings' placements; accuracies are simulated through the same cells, ADC and DAC. "
+        + _tradeoff(report),
         "![crossbars per layer and bit-plane sparsity](summary.png)",
         "## Accuracy",
-        _table(["float", "quantizer only", "quantized (digital, final weights)", "SME crossbars", "samples"],
-               [[_fmt(acc["float"]), _fmt(acc["quantizer_only"]), _fmt(acc["quantized"]), _fmt(acc["sme"]), acc["samples"]]])
+        _table(["float", "quantizer only", "quantized (digital, final weights)", "SME crossbars", "ISAAC crossbars",
+                "samples"],
+               [[_fmt(acc["float"]), _fmt(acc["quantizer_only"]), _fmt(acc["quantized"]), _fmt(acc["sme"]),
+                 _fmt(acc.get("isaac")), acc["samples"]]])
         if acc.get("dataset") else f"Not run: {acc.get('skipped', 'no dataset configured')}.",
-        "## Costs per inference",
-        _table(["mapping", "area mm²", "energy µJ", "latency µs", "ADC conversions", "max lossless ADC bits"],
-               [[label, _fmt(c["area_mm2"]), _fmt(c["energy_uj"]), _fmt(c["latency_us"]), c["adc_conversions"],
-                 c["adc_bits_lossless_max"]] for label, c in report["costs"].items()]),
         "## Layers",
         _table(["layer", "kind", "N x M (parts)", "weights", *labels, "ADC bits (lossless max)", "weight error"],
                [[lay["name"], lay["kind"], f"{lay['rows']}x{lay['cols']} ({lay['parts']})", lay["weights"],
