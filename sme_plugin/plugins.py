@@ -35,6 +35,7 @@ DEFAULT_PLUGINS = (
     "sme_plugin.host",
     "sme_plugin.models",
     "sme_plugin.datasets",
+    "sme_plugin.zoo",
     "cell_models",
     "adapters",
 )
