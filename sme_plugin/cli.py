@@ -175,25 +175,26 @@ def _reduction(value) -> str:
 
 
 def _summary(report: dict, out) -> None:
-    from .report import LABELS
+    from .report import LABELS, _tradeoff
 
-    totals = report["totals"]
+    totals, acc = report["totals"], report["accuracy"]
     print(f"SME — {report['model']['name']} ({report['model']['weights']} weights)", file=out)
     labels = [label for label in LABELS if label in totals["crossbars"]]
-    rows = [("mapping", "crossbars", "SME reduction", "energy µJ", "area mm²")]
+    rows = [("mapping", "crossbars", "SME reduction", "energy µJ", "latency µs", "area mm²", "accuracy %")]
     for label in labels:
         cost = report["costs"][label]
         rows.append((label, str(totals["crossbars"][label]), _reduction(totals["reductions"].get(f"vs_{label}")),
-                     f"{cost['energy_uj']:.3g}", f"{cost['area_mm2']:.3g}"))
+                     f"{cost['energy_uj']:.3g}", f"{cost['latency_us']:.3g}", f"{cost['area_mm2']:.3g}",
+                     "—" if acc.get(label) is None else f"{acc[label]:.2f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))), file=out)
-    acc = report["accuracy"]
     if acc.get("dataset"):
         print(f"accuracy on {acc['samples']} {acc['dataset']} samples: float {acc['float']} %, "
               f"quantized {acc['quantized']} %, SME crossbars {acc['sme']} %", file=out)
     reduction = _reduction(totals["reduction"]) if totals["reduction"] else "n/a (SME uses no crossbar)"
     print(f"weight error {totals['weight_error']}, reduction vs ISAAC {reduction}", file=out)
+    print(_tradeoff(report), file=out)
 
 
 def _plugin_rows(registry) -> list[dict]:
