@@ -108,7 +108,7 @@ class ImagePreprocess:
     crop: float = 0.875
     interpolation: str = "bicubic"
 
-    def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         import torch
         from torch.nn import functional as F
 
@@ -197,7 +197,7 @@ def _same_conv(nn, size, in_ch, out_ch, kernel, stride, groups=1):
 def efficientnet_lite(variant: str, state: dict):
     """The EfficientNet-Lite ``variant`` as a torch module whose state_dict keys and shapes are those of
     ``state`` (an efficientnet-lite-pytorch checkpoint); weights are not loaded here."""
-    torch, nn, F = _torch_modules()
+    _torch, nn, F = _torch_modules()
     repeats, size, _, _ = LITE[variant]
     strides = [s if r == 0 else 1 for s, n in zip(STAGE_STRIDES, repeats) for r in range(n)]
     blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("_blocks.")})
@@ -287,14 +287,14 @@ class EfficientNetLiteModel:
 
         from .networks import load_checkpoint
 
-        repeats, size, package, relative = LITE[self.name]
+        _repeats, size, package, relative = LITE[self.name]
         path = package_file(self.name, package, relative) if self.params.weights is None else None
         reference = path if path is not None else Path(self.params.weights).expanduser()
         if path is None and not reference.is_file():
             raise WeightsError(f"weights file {str(reference)!r} does not exist")
         try:
             state = torch.load(reference, map_location="cpu", weights_only=True)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - torch raises many types for corrupt files
             raise WeightsError(f"weights file {str(reference)!r} is not a readable torch checkpoint "
                                f"({type(error).__name__})") from None
         if isinstance(state, dict):
@@ -420,11 +420,11 @@ def read_keras_h5(path: Path, model: str) -> tuple[dict, dict]:
                         raise WeightsError(f"{path}: variable {var!r} of Keras layer {layer!r} stored twice")
                     weights[layer][var] = np.asarray(obj, dtype=np.float32)
 
-            group = handle["model_weights"] if "model_weights" in handle else handle
+            group = handle.get("model_weights", handle)
             group.visititems(visit)
     except WeightsError:
         raise
-    except Exception as error:  # OSError, KeyError, JSON errors
+    except Exception as error:  # noqa: BLE001 - OSError, KeyError, JSON errors from h5py/json
         raise WeightsError(f"weights file {str(path)!r} is not a readable Keras .h5 model "
                            f"({type(error).__name__}: {str(error)[:120]})") from None
     return config, weights
@@ -448,7 +448,7 @@ def keras_net(config: dict, weights: dict, image_size: int | None = None, drop_s
     Returns (module, notes): notes list what the conversion changed (e.g. a final softmax left out).
     ``image_size`` overrides the file's square input size (Keras "same" pads are computed for it).
     """
-    torch, nn, F, GlobalAvgPool = _keras_modules()
+    torch, nn, _F, GlobalAvgPool = _keras_modules()
     if config.get("class_name") not in ("Functional", "Model"):
         raise WeightsError(f"Keras model of class {config.get('class_name')!r}: expected a Functional model")
     steps, input_name, output_name = _flatten_graph(config["config"])
@@ -674,7 +674,7 @@ def torch_cat(tensors):
     return torch.cat(tensors, dim=1)
 
 
-def KerasNet():  # noqa: N802 - a factory named like the class it builds (torch imported lazily)
+def KerasNet():
     global _KERAS_NET
     if _KERAS_NET is None:
         _KERAS_NET = _keras_net_class()
@@ -791,7 +791,7 @@ def sme_register_models(register):
     register("inception_v3", InceptionV3Model)
 
 
-def conv_weight_count(module: "nn.Module") -> int:
+def conv_weight_count(module: nn.Module) -> int:
     """Weights of every Conv2d (excluding biases) of ``module``."""
     from torch import nn
 
@@ -799,6 +799,14 @@ def conv_weight_count(module: "nn.Module") -> int:
 
 
 __all__ = [
-    "PACKAGES", "ImagePreprocess", "ZooBundle", "efficientnet_lite", "keras_net", "read_keras_h5",
-    "same_padding", "package_file", "install_command", "conv_weight_count",
+    "PACKAGES",
+    "ImagePreprocess",
+    "ZooBundle",
+    "conv_weight_count",
+    "efficientnet_lite",
+    "install_command",
+    "keras_net",
+    "package_file",
+    "read_keras_h5",
+    "same_padding",
 ]
