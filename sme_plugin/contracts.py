@@ -115,7 +115,7 @@ class ModelBuilder(Protocol):
 
 class DatasetLoader(Protocol):
     def load(self) -> Any:
-        """``Dataset``: test and calibration tensors."""
+        """``Dataset``: test and calibration batch streams (:class:`~sme_plugin.types.Batches`)."""
 
 
 #: registry kind -> its contract.

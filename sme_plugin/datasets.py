@@ -1,19 +1,30 @@
-"""Datasets: labelled test data plus calibration samples, normalised for the matching model.
+"""Datasets: labelled test data plus calibration samples, streamed in batches (:class:`~sme_plugin.types.Batches`).
 
-``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download), split once
-into a fixed stratified 70 % train / 30 % test split; pixels scaled from [0, 16] to [0, 1].
+Datasets deliver pixels: (b, C, H, W) float32 in [0, 1], grayscale (C = 1) or RGB (C = 3). What a model
+needs on top (resize, channel conversion, normalisation) is the model's ``preprocess``, which the pipeline
+hands to the dataset (:meth:`~sme_plugin.types.Dataset.with_preprocess`). Calibration samples come from
+training data, never from the test data; a dataset without a training split holds its calibration samples
+out of the test data and says how many (``details["calibration_held_out"]``).
+
+- ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download), split once into a
+  fixed stratified 70 % train / 30 % test split; pixels scaled from [0, 16] to [0, 1].
+- ``fashion_mnist``: the Debian package ``dataset-fashion-mnist`` (60,000 train + 10,000 test 28x28
+  grayscale images, IDX files read in chunks straight from their gzip streams).
+- ``folder``: a user's ImageFolder-style tree (one subfolder per class; images read with Pillow).
 """
 
 from __future__ import annotations
 
+import gzip
+import os
 from functools import lru_cache
-
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import Field
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .hookspecs import hookimpl
 from .params import StrategyParams
 
@@ -25,8 +36,33 @@ if TYPE_CHECKING:
 #: the digits split never changes: the built-in ``digits`` model trains on its train part.
 DIGITS_TEST_FRACTION = 0.3
 DIGITS_SPLIT_SEED = 0
+#: where the Debian package ``dataset-fashion-mnist`` installs Fashion-MNIST.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_INSTALL = "apt-get install -y dataset-fashion-mnist"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+#: file suffixes the ``folder`` dataset reads as images.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp"})
+#: records read from a gzip stream at a time.
+_CHUNK = 4096
 
 
+def _pick(size: int, count: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``count`` of ``size`` items drawn without replacement (all when ``count`` is None)."""
+    if count is None or count >= size:
+        return np.arange(size)
+    return np.sort(rng.choice(size, size=count, replace=False))
+
+
+def _pixels(images: np.ndarray) -> torch.Tensor:
+    """(b, H, W) or (b, C, H, W) uint8 -> (b, C, H, W) float32 in [0, 1]."""
+    import torch
+
+    x = torch.from_numpy(np.asarray(images).astype(np.float32)).div_(255.0)
+    return x[:, None] if x.dim() == 3 else x
+
+
+# ------------------------------------------------------------------------------------------------ digits
 @lru_cache(maxsize=1)
 def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_test, y_test): x (n, 1, 8, 8) float32 in [0, 1], y (n,) int64."""
@@ -73,7 +109,7 @@ class DigitsDataset:
         self.params = params
 
     def load(self) -> Dataset:
-        """The test split (capped to ``samples``) and ``calibration`` training images."""
+        """The test split (capped to ``samples``) and ``calibration`` training images (small: in memory)."""
         import torch
 
         from .types import Dataset
@@ -88,14 +124,306 @@ class DigitsDataset:
         rng = np.random.default_rng(p.seed)
         calibration = rng.choice(len(x_train), size=p.calibration, replace=False)
         test = np.sort(rng.permutation(len(x_test))[: p.samples]) if p.samples else np.arange(len(x_test))
+        return Dataset.of_tensors(
+            "digits", torch.from_numpy(x_test[test]), torch.from_numpy(y_test[test]),
+            torch.from_numpy(x_train[calibration]), classes=tuple(str(d) for d in range(10)),
+            details={"calibration_from": "train split", "calibration_held_out": 0},
+        )
+
+
+# ----------------------------------------------------------------------------------------- Fashion-MNIST
+def fashion_mnist_files(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
+    """(images, labels) IDX files of ``split`` (``train`` or ``t10k``); :class:`InputError` naming the
+    install command when they are missing."""
+    root = Path(root).expanduser()
+    files = root / f"{split}-images-idx3-ubyte.gz", root / f"{split}-labels-idx1-ubyte.gz"
+    for path in files:
+        if not path.is_file():
+            hint = FASHION_MNIST_INSTALL if str(root) == FASHION_MNIST_DIR else f"{FASHION_MNIST_INSTALL} (or fix dataset.root)"
+            raise InputError(f"Fashion-MNIST file {str(path)!r} not found; install it with: {hint}")
+    return files
+
+
+def _idx_header(stream, path: Path, dims: int) -> tuple[int, ...]:
+    """Shape stored in an IDX header of unsigned bytes with ``dims`` dimensions (checked)."""
+    head = stream.read(4 + 4 * dims)
+    if len(head) != 4 + 4 * dims or head[:3] != b"\0\0\x08" or head[3] != dims:
+        raise InputError(f"Fashion-MNIST file {str(path)!r} is not an IDX file of {dims}-d unsigned bytes")
+    return tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+
+
+def _read_idx(path: Path, dims: int, keep: np.ndarray | None = None, chunk: int = _CHUNK):
+    """Yield the records of an IDX gzip file, ``chunk`` records at a time (only the sorted indices ``keep``
+    when given), as uint8 arrays; the file is never held whole."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            shape = _idx_header(stream, path, dims)
+            record = int(np.prod(shape[1:], dtype=np.int64))
+            for start in range(0, shape[0], chunk):
+                count = min(chunk, shape[0] - start)
+                data = stream.read(count * record)
+                if len(data) != count * record:
+                    raise InputError(f"Fashion-MNIST file {str(path)!r} is truncated")
+                block = np.frombuffer(data, np.uint8).reshape(count, *shape[1:])
+                if keep is not None:
+                    lo, hi = np.searchsorted(keep, [start, start + count])
+                    block = block[keep[lo:hi] - start]
+                if len(block):
+                    yield block
+    except (OSError, EOFError) as error:
+        raise InputError(f"Fashion-MNIST file {str(path)!r} cannot be read: {error}") from None
+
+
+def _idx_count(path: Path, dims: int) -> int:
+    try:
+        with gzip.open(path, "rb") as stream:
+            return _idx_header(stream, path, dims)[0]
+    except (OSError, EOFError) as error:
+        raise InputError(f"Fashion-MNIST file {str(path)!r} cannot be read: {error}") from None
+
+
+def _idx_labels(path: Path) -> np.ndarray:
+    return np.concatenate([*_read_idx(path, 1, chunk=1 << 16), np.zeros(0, np.uint8)]).astype(np.int64)
+
+
+def _rebatch(blocks, batch_size: int):
+    """Regroup a stream of arrays (first axis: samples) into arrays of ``batch_size`` (the last smaller)."""
+    pending, held = [], 0
+    for block in blocks:
+        while len(block):
+            take = block[: batch_size - held]
+            block = block[len(take):]
+            pending.append(take)
+            held += len(take)
+            if held == batch_size:
+                yield np.concatenate(pending)
+                pending, held = [], 0
+    if held:
+        yield np.concatenate(pending)
+
+
+def fashion_mnist_arrays(root: str | os.PathLike = FASHION_MNIST_DIR, split: str = "train",
+                         limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, 28, 28) uint8, labels (n,) int64) of a whole split (first ``limit`` samples), in memory
+    (model training)."""
+    images_path, labels_path = fashion_mnist_files(root, split)
+    labels = _idx_labels(labels_path)[:limit]
+    keep = np.arange(len(labels))
+    blocks = list(_read_idx(images_path, 3, keep if limit is not None else None))
+    images = np.concatenate(blocks) if blocks else np.zeros((0, 28, 28), np.uint8)
+    if len(images) != len(labels):
+        raise InputError(f"Fashion-MNIST files {str(images_path)!r} and {str(labels_path)!r} disagree in length")
+    return images, labels
+
+
+class FashionMNISTDataset:
+    """Fashion-MNIST from the Debian package ``dataset-fashion-mnist``: the 10,000 test images for accuracy,
+    calibration images drawn from the 60,000 training images."""
+
+    class Params(StrategyParams):
+        """
+        Parameters
+        ----------
+        root : str
+            Folder of the four ``*-ubyte.gz`` IDX files (default: the Debian package's).
+        samples : int or None
+            Cap on the number of test images (None: all 10,000), a seeded subset.
+        calibration : int
+            Training images drawn (without replacement) for activation and ADC calibration.
+        seed : int
+            Seed of the draw of calibration images and of the capped test subset.
+        """
+
+        root: str = Field(FASHION_MNIST_DIR, min_length=1, max_length=4096)
+        samples: int | None = Field(None, ge=1)
+        calibration: int = Field(256, ge=1, le=60_000)
+        seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    def load(self) -> Dataset:
+        """Streams of the (capped) test split and of ``calibration`` training images."""
+        import torch
+
+        from .types import Batches, Dataset
+
+        p = self.params
+        test_images, test_labels_path = fashion_mnist_files(p.root, "t10k")
+        train_images, _ = fashion_mnist_files(p.root, "train")
+        labels = _idx_labels(test_labels_path)
+        train_size = _idx_count(train_images, 3)
+        if p.calibration > train_size:
+            raise ConfigError(f"dataset.calibration: {p.calibration} calibration samples requested, but the "
+                              f"Fashion-MNIST train split has only {train_size}")
+        rng = np.random.default_rng(p.seed)
+        calibration = _pick(train_size, p.calibration, rng)
+        test = _pick(len(labels), p.samples, rng)
+
+        def read_test(batch_size, preprocess):
+            offset = 0
+            for images in _rebatch(_read_idx(test_images, 3, test), batch_size):
+                y = torch.from_numpy(labels[test[offset : offset + len(images)]])
+                offset += len(images)
+                x = _pixels(images)
+                yield (x if preprocess is None else preprocess(x)), y
+
+        def read_calibration(batch_size, preprocess):
+            for images in _rebatch(_read_idx(train_images, 3, calibration), batch_size):
+                x = _pixels(images)
+                yield x if preprocess is None else preprocess(x)
+
         return Dataset(
-            name="digits",
-            test_inputs=torch.from_numpy(x_test[test]),
-            test_labels=torch.from_numpy(y_test[test]),
-            calibration_inputs=torch.from_numpy(x_train[calibration]),
+            "fashion_mnist", Batches(read_test, len(test)), Batches(read_calibration, len(calibration)),
+            classes=FASHION_MNIST_CLASSES,
+            details={"source": str(Path(p.root).expanduser()), "calibration_from": "train split",
+                     "calibration_held_out": 0},
+        )
+
+
+# -------------------------------------------------------------------------------------------------- folder
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ConfigError("dataset folder: reading images needs Pillow; install it with: "
+                          "pip install 'sme-reram[zoo]' (or pip install pillow)") from None
+    return Image
+
+
+def folder_tree(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:
+    """(image files, labels, class names) of an ImageFolder-style tree: one subfolder per class (searched
+    recursively for image files). Labels follow the sorted class names (torchvision's ImageFolder), or the
+    numbers themselves when every class folder is named by an integer."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise InputError(f"dataset.root: {str(path)!r} is not a directory")
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes and all(c.isdigit() for c in classes):
+        classes = sorted(classes, key=int)
+        label_of = {c: int(c) for c in classes}
+    else:
+        label_of = {c: i for i, c in enumerate(classes)}
+    files, labels = [], []
+    for name in classes:
+        found = sorted(f for f in (path / name).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        files += found
+        labels += [label_of[name]] * len(found)
+    if not files:
+        raise InputError(f"dataset.root: {str(path)!r} holds no images in class subfolders "
+                         f"(expected {path}/<class>/<image>, suffixes {', '.join(sorted(IMAGE_SUFFIXES))})")
+    names = tuple(classes) if not all(c.isdigit() for c in classes) else None
+    return files, np.asarray(labels, dtype=np.int64), names
+
+
+def _read_images(files, channels: int, preprocess):
+    """Yield each image as a (1, C, H, W) float32 batch in [0, 1], passed through ``preprocess``."""
+    image_module = _pillow()
+    mode = "L" if channels == 1 else "RGB"
+    for file in files:
+        try:
+            with image_module.open(file) as image:
+                pixels = np.asarray(image.convert(mode))
+        except (OSError, ValueError, image_module.DecompressionBombError) as error:
+            raise InputError(f"image {str(file)!r} cannot be read: {error}") from None
+        x = _pixels(pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)[None])
+        yield (x if preprocess is None else preprocess(x)), file
+
+
+def _stack(images):
+    """Concatenate (1, C, H, W) batches; one clear error when their sizes differ."""
+    import torch
+
+    shapes = {tuple(x.shape[1:]) for x, _ in images}
+    if len(shapes) > 1:
+        (x0, f0), other = images[0], next((x, f) for x, f in images if x.shape != images[0][0].shape)
+        raise ConfigError(
+            f"dataset folder: images of different sizes ({f0.name}: {tuple(x0.shape[1:])}, {other[1].name}: "
+            f"{tuple(other[0].shape[1:])}) and the model's preprocess does not resize them; resize the images "
+            "or use a model with a resizing preprocess (e.g. model: {name: module, ...})")
+    return torch.cat([x for x, _ in images])
+
+
+class FolderDataset:
+    """A user's ImageFolder-style tree (``root/<class>/<image>``): test images for accuracy; calibration
+    images from ``calibration_root`` (a training tree) when given, else held out of ``root`` (reported)."""
+
+    class Params(StrategyParams):
+        """
+        Parameters
+        ----------
+        root : str
+            The tree of test images, one subfolder per class (class index: sorted folder names, or the
+            folder names themselves when all are integers).
+        calibration_root : str or None
+            A tree of training images to draw calibration images from; None: hold them out of ``root``.
+        channels : int
+            1 (grayscale) or 3 (RGB): how images are read (the model's preprocess converts further).
+        samples : int or None
+            Cap on the number of test images (a seeded subset of those not held out).
+        calibration : int
+            Calibration images (drawn from ``calibration_root``, or held out of ``root``).
+        seed : int
+            Seed of the hold-out, the calibration draw and the capped test subset.
+        """
+
+        root: str = Field(min_length=1, max_length=4096)
+        calibration_root: str | None = Field(None, min_length=1, max_length=4096)
+        channels: Literal[1, 3] = 3
+        samples: int | None = Field(None, ge=1)
+        calibration: int = Field(32, ge=1, le=1_000_000)
+        seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    def load(self) -> Dataset:
+        import torch
+
+        from .types import Batches, Dataset
+
+        p = self.params
+        _pillow()
+        files, labels, classes = folder_tree(p.root)
+        rng = np.random.default_rng(p.seed)
+        if p.calibration_root is None:
+            if p.calibration >= len(files):
+                raise ConfigError(f"dataset.calibration: {p.calibration} images to hold out for calibration, but "
+                                  f"{p.root!r} has only {len(files)} (at least one must remain for testing)")
+            order = rng.permutation(len(files))
+            calibration_files = [files[i] for i in np.sort(order[: p.calibration])]
+            remaining = np.sort(order[p.calibration:])
+            held_out, source = p.calibration, f"held out of {p.root}"
+        else:
+            train_files, _, _ = folder_tree(p.calibration_root)
+            if p.calibration > len(train_files):
+                raise ConfigError(f"dataset.calibration: {p.calibration} calibration samples requested, but "
+                                  f"{p.calibration_root!r} has only {len(train_files)} images")
+            calibration_files = [train_files[i] for i in _pick(len(train_files), p.calibration, rng)]
+            remaining = np.arange(len(files))
+            held_out, source = 0, p.calibration_root
+        test = remaining[_pick(len(remaining), p.samples, rng)]
+        test_files, test_labels = [files[i] for i in test], labels[test]
+
+        def read_test(batch_size, preprocess):
+            for start in range(0, len(test_files), batch_size):
+                images = list(_read_images(test_files[start : start + batch_size], p.channels, preprocess))
+                yield _stack(images), torch.from_numpy(test_labels[start : start + batch_size])
+
+        def read_calibration(batch_size, preprocess):
+            for start in range(0, len(calibration_files), batch_size):
+                yield _stack(list(_read_images(calibration_files[start : start + batch_size], p.channels, preprocess)))
+
+        return Dataset(
+            "folder", Batches(read_test, len(test_files)), Batches(read_calibration, len(calibration_files)),
+            classes=classes,
+            details={"source": str(Path(p.root).expanduser()), "images": len(files),
+                     "calibration_from": source, "calibration_held_out": held_out},
         )
 
 
 @hookimpl
 def sme_register_datasets(register):
     register("digits", DigitsDataset)
+    register("fashion_mnist", FashionMNISTDataset)
+    register("folder", FolderDataset)

@@ -66,7 +66,7 @@ def sme_register_models(register):
 
 @hookspec
 def sme_register_datasets(register):
-    """Register datasets: ``factory(params).load() -> Dataset`` (test and calibration tensors)."""
+    """Register datasets: ``factory(params).load() -> Dataset`` (test and calibration batch streams)."""
 
 
 @hookspec

@@ -108,8 +108,15 @@ def with_layers_replaced(model: nn.Module, layers: dict[str, nn.Module]) -> nn.M
     return model
 
 
-def calibrate_activations(model: nn.Module, layer_names, inputs: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
-    """max |input| of each named Conv2d/Linear over ``inputs`` (the model runs as given, e.g. eval mode)."""
+def input_batches(inputs, batch_size: int = 256):
+    """Batches of ``inputs``: a tensor split into ``batch_size`` rows, or a (re-)iterable of input batches
+    such as a dataset's :class:`~sme_plugin.types.Batches` (iterated as it is)."""
+    return inputs.split(batch_size) if isinstance(inputs, torch.Tensor) else inputs
+
+
+def calibrate_activations(model: nn.Module, layer_names, inputs, batch_size: int = 256) -> dict[str, float]:
+    """max |input| of each named Conv2d/Linear over ``inputs`` (a tensor or input batches, see
+    :func:`input_batches`; the model runs as given, e.g. eval mode)."""
     modules = layer_modules(model, list(layer_names))
     peaks = dict.fromkeys(modules, 0.0)
 
@@ -122,7 +129,7 @@ def calibrate_activations(model: nn.Module, layer_names, inputs: torch.Tensor, b
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
     try:
         with torch.no_grad():
-            for batch in inputs.split(batch_size):
+            for batch in input_batches(inputs, batch_size):
                 model(batch)
     finally:
         for h in handles:
@@ -643,12 +650,12 @@ class StandaloneHost:
         self.device = torch.device("cuda" if cuda else "cpu")
 
     def build(self, model: nn.Module, mapped: dict[str, MappedLayer], sim: Simulation,
-              activation_scales: dict[str, float], calibration_inputs: torch.Tensor | None = None,
+              activation_scales: dict[str, float], calibration_inputs=None,
               batch_size: int = 256) -> nn.Module:
         """Deep copy of ``model`` with each named layer replaced by a :class:`CrossbarLayer`.
 
-        An ADC with ``calibrated = True`` needs ``calibration_inputs``: they run once through the
-        copy to record each read column's largest sum, which becomes its full scale.
+        An ADC with ``calibrated = True`` needs ``calibration_inputs`` (a tensor or input batches): they
+        run once through the copy to record each read column's largest sum, which becomes its full scale.
         """
         modules = layer_modules(model, list(mapped))
         check_activation_scales(mapped, activation_scales)
@@ -664,15 +671,16 @@ class StandaloneHost:
         return built
 
 
-def calibrate_adc(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:
-    """Run ``inputs`` through ``model`` recording every crossbar layer's read-column maxima, then adopt
-    them as full scales (the layers' read noise streams advance as in any run)."""
+def calibrate_adc(model: nn.Module, inputs, batch_size: int = 256) -> None:
+    """Run ``inputs`` (a tensor or input batches) through ``model`` recording every crossbar layer's
+    read-column maxima, then adopt them as full scales (the layers' read noise streams advance as in any
+    run)."""
     layers = [m for m in model.modules() if isinstance(m, CrossbarLayer)]
     for layer in layers:
         layer.calibrating = True
     try:
         with torch.no_grad():
-            for batch in inputs.split(batch_size):
+            for batch in input_batches(inputs, batch_size):
                 model(batch)
     finally:
         for layer in layers:

@@ -144,6 +144,93 @@ class DigitsNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+# ------------------------------------------------------------------------------------------ Fashion-MNIST
+class FashionNet(nn.Module):
+    """Small CNN for 1x28x28 Fashion-MNIST: a 5x5 stride-2 conv (32 channels, 14x14) and a 3x3 stride-2
+    conv (64 channels, 7x7), each with BatchNorm and ReLU, then a linear classifier over the 64x7x7
+    features (no pooling layers: cheap to train on a CPU)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 5, stride=2, padding=2, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.conv2 = nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64 * 7 * 7, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+# ------------------------------------------------------------------------------------------- preprocessing
+class ImageTransform:
+    """A model's ``preprocess`` (:data:`sme_plugin.types.Preprocess`): batches of [0, 1] pixels of any size,
+    grayscale or RGB -> inputs of ``input_shape`` (C, H, W).
+
+    Channels are converted (RGB -> gray by ITU-R 601 luma, gray -> RGB by repetition); images are resized
+    (bilinear, antialiased) so that they cover (H / crop, W / crop) with their aspect ratio kept, then
+    cropped centrally to (H, W) (``crop=0.875``: torchvision's resize 256 / crop 224); finally each channel
+    is normalised ``(x - mean) / std``. Steps not needed are skipped: inputs that already fit pass as
+    they are (apart from the normalisation).
+    """
+
+    LUMA = (0.299, 0.587, 0.114)
+
+    def __init__(self, input_shape, mean=None, std=None, crop: float = 1.0):
+        self.input_shape = tuple(int(v) for v in input_shape)
+        channels = self.input_shape[0]
+        self.mean = None if mean is None else torch.tensor(_per_channel(mean, channels, "mean"), dtype=torch.float32)
+        self.std = None if std is None else torch.tensor(_per_channel(std, channels, "std"), dtype=torch.float32)
+        if self.std is not None and not bool((self.std > 0).all()):
+            raise ValueError("std must be positive")
+        if not 0 < crop <= 1:
+            raise ValueError("crop must lie in (0, 1]")
+        self.crop = float(crop)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        channels, height, width = self.input_shape
+        x = x.to(torch.float32)
+        if x.shape[1] != channels:
+            if x.shape[1] == 3 and channels == 1:
+                x = torch.tensordot(x, torch.tensor(self.LUMA), dims=([1], [0])).unsqueeze(1)
+            elif x.shape[1] == 1:
+                x = x.expand(-1, channels, -1, -1)
+            else:
+                raise ValueError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
+        if tuple(x.shape[2:]) != (height, width):
+            h, w = x.shape[2:]
+            scale = max(height / (self.crop * h), width / (self.crop * w))
+            size = (max(height, round(h * scale)), max(width, round(w * scale)))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            top, left = (size[0] - height) // 2, (size[1] - width) // 2
+            x = x[:, :, top : top + height, left : left + width]
+        if self.mean is not None:
+            x = x - self.mean.view(1, -1, 1, 1)
+        if self.std is not None:
+            x = x / self.std.view(1, -1, 1, 1)
+        return x.contiguous()
+
+    def describe(self) -> dict:
+        """The transform's settings (JSON-serialisable)."""
+        return {"input_shape": list(self.input_shape), "crop": self.crop,
+                "mean": None if self.mean is None else self.mean.tolist(),
+                "std": None if self.std is None else self.std.tolist()}
+
+    def __repr__(self) -> str:
+        return f"ImageTransform({', '.join(f'{k}={v}' for k, v in self.describe().items())})"
+
+
+def _per_channel(values, channels: int, name: str) -> list[float]:
+    values = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels:
+        raise ValueError(f"{name} needs 1 or {channels} values, got {len(values)}")
+    return values
+
+
 # --------------------------------------------------------------------------------------------- checkpoints
 def _few(keys) -> str:
     keys = sorted(keys)

@@ -17,7 +17,7 @@ from .config import Config
 from .costs import Periphery, layer_costs, total_costs
 from .errors import ConfigError, WeightsError
 from .flow import LayerFlow, baseline_mappers, section
-from .host import Simulation, calibrate_activations, digital_model
+from .host import Simulation, calibrate_activations, digital_model, input_batches
 from .layers import extract_layers, fold_batchnorm
 from .orchestrate import relative_error
 from .plugins import Registry
@@ -58,8 +58,11 @@ def load_dataset(stages: "Stages", bundle: ModelBundle) -> Dataset | None:
     strategy = stages.dataset
     if strategy is None:
         return None
-    dataset = strategy.load()
-    sample = tuple(dataset.test_inputs.shape[1:])
+    dataset = strategy.load().with_preprocess(bundle.preprocess)
+    first = next(iter(dataset.test.batched(1)), None)
+    if first is None:
+        raise ConfigError(f"dataset.name: {dataset.name!r} has no test samples")
+    sample = tuple(first[0].shape[1:])
     if sample != tuple(bundle.input_shape):
         raise ConfigError(
             f"dataset.name: {dataset.name!r} gives samples of shape {sample} but model {bundle.name!r} takes "
@@ -104,17 +107,15 @@ def squared_errors(before: QuantizedLayer, after: QuantizedLayer) -> tuple[float
             float(np.square(before.dequantized()).sum()))
 
 
-def accuracy(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, label: str = "evaluate",
-             progress: bool = False, batch_size: int = 128) -> float:
-    """Top-1 accuracy in percent."""
+def accuracy(model: torch.nn.Module, batches, label: str = "evaluate", progress: bool = False) -> float:
+    """Top-1 accuracy in percent over ``batches`` of (inputs, labels) (e.g. a dataset's ``test``)."""
     model.eval()
-    correct = 0
-    starts = range(0, len(inputs), batch_size)
+    correct = total = 0
     with torch.no_grad():
-        for start in track(starts, label, disable=not progress, console=STDERR):
-            logits = model(inputs[start : start + batch_size])
-            correct += int((logits.argmax(dim=1) == labels[start : start + batch_size]).sum())
-    return round(100.0 * correct / max(len(inputs), 1), 3)
+        for inputs, labels in track(batches, label, disable=not progress, console=STDERR):
+            correct += int((model(inputs).argmax(dim=1) == labels).sum())
+            total += len(labels)
+    return round(100.0 * correct / max(total, 1), 3)
 
 
 def layer_report(before: QuantizedLayer, sme: MappedLayer, costs: dict[str, dict]) -> dict:
@@ -241,7 +242,7 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
         "timing_s": timing,
     }
     if simulate:
-        log.info("simulate %s through the crossbars on %d samples", ", ".join(SIMULATED), len(dataset.test_inputs))
+        log.info("simulate %s through the crossbars on %d samples", ", ".join(SIMULATED), dataset.test.samples)
         report["accuracy"] = evaluate(config, stages, folded, quantized, mapped, dataset, progress)
         errors = report["accuracy"].pop("output_error")
         for entry in layer_reports:
@@ -250,10 +251,11 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
     return report
 
 
-def output_errors(simulated: torch.nn.Module, reference: torch.nn.Module, names, inputs: torch.Tensor,
+def output_errors(simulated: torch.nn.Module, reference: torch.nn.Module, names, inputs,
                   batch_size: int = 256) -> dict[str, float]:
     """Relative RMS error of each named layer's simulated output against the exact integer layer of
-    ``reference`` fed the same input: ``||y - y_ref|| / ||y_ref - bias||`` over ``inputs`` (0: exact)."""
+    ``reference`` fed the same input: ``||y - y_ref|| / ||y_ref - bias||`` over ``inputs`` (a tensor or
+    input batches; 0: exact)."""
     simulated_layers, reference_layers = dict(simulated.named_modules()), dict(reference.named_modules())
     totals = {name: [0.0, 0.0] for name in names}
 
@@ -269,7 +271,7 @@ def output_errors(simulated: torch.nn.Module, reference: torch.nn.Module, names,
     handles = [simulated_layers[name].register_forward_hook(hook(name)) for name in names]
     try:
         with torch.no_grad():
-            for batch in inputs.split(batch_size):
+            for batch in input_batches(inputs, batch_size):
                 simulated(batch)
     finally:
         for handle in handles:
@@ -285,9 +287,9 @@ def evaluate(config: Config, stages: Stages, model, quantized, mapped, dataset, 
     same cells, ADC and DAC (with the same seed). Returns the accuracy section of the report, its
     ``output_error`` being label -> {layer name: relative RMS error}."""
     names = [q.layer.name for q in quantized]
-    scales = calibrate_activations(model, names, dataset.calibration_inputs)
+    scales = calibrate_activations(model, names, dataset.calibration)
     bits = config.activations.bits
-    x, y = dataset.test_inputs, dataset.test_labels
+    test = dataset.test.batched(128)
     simulation = Simulation(cell=stages.cell, adc=stages.adc, dac=stages.dac, activation_bits=bits, seed=config.seed)
     digital = {
         "isaac": digital_model(model, {q.layer.name: q for q in quantized}, bits, scales),
@@ -295,16 +297,17 @@ def evaluate(config: Config, stages: Stages, model, quantized, mapped, dataset, 
     }
     result = {
         "dataset": dataset.name,
-        "samples": len(x),
-        "float": accuracy(model, x, y),
-        "quantizer_only": accuracy(digital["isaac"], x, y),
-        "quantized": accuracy(digital["sme"], x, y),
+        "samples": test.samples,
+        "calibration_samples": dataset.calibration.samples,
+        **({"dataset_details": dataset.details} if dataset.details else {}),
+        "float": accuracy(model, test),
+        "quantizer_only": accuracy(digital["isaac"], test),
+        "quantized": accuracy(digital["sme"], test),
         "output_error": {},
     }
     for label, layers in mapped.items():
         with section("host"):
-            simulated = stages.host.build(model, layers, simulation, scales, calibration_inputs=dataset.calibration_inputs)
-        result[label] = accuracy(simulated, x, y, f"simulate {label} crossbars", progress)
-        result["output_error"][label] = output_errors(simulated, digital[label], list(layers),
-                                                      dataset.calibration_inputs)
+            simulated = stages.host.build(model, layers, simulation, scales, calibration_inputs=dataset.calibration)
+        result[label] = accuracy(simulated, test, f"simulate {label} crossbars", progress)
+        result["output_error"][label] = output_errors(simulated, digital[label], list(layers), dataset.calibration)
     return result

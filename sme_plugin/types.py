@@ -7,6 +7,7 @@ S sign sets, G cell groups of ``cell_bits`` bits each (group g weighs 2**(cell_b
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -258,12 +259,20 @@ class Layout:
         return self.packing != "dense"
 
 
+#: ``preprocess(x) -> model inputs``: x is a batch (n, C, H, W) float32 of pixel intensities in [0, 1] as a
+#: dataset reads them (grayscale C=1 or RGB C=3, any H, W); the result is (n, *input_shape) float32.
+Preprocess = Callable[["torch.Tensor"], "torch.Tensor"]  # noqa: F821
+
+
 @dataclass
 class ModelBundle:
     """A model ready to analyse: module in eval mode (float32, CPU) and where its weights came from.
 
     weights: ``"random"``, ``"trained"`` (built-in training, cached) or the checkpoint path given.
     input_shape: (C, H, W) of one sample.
+    preprocess: what turns a dataset's pixels into this model's inputs (:data:`Preprocess`: resize,
+    channel conversion, normalisation); datasets apply it to every sample they stream. None: the model
+    takes [0, 1] pixels of exactly ``input_shape`` as they are.
     """
 
     name: str
@@ -271,17 +280,77 @@ class ModelBundle:
     weights: str
     input_shape: tuple
     num_classes: int
+    preprocess: Preprocess | None = None
+
+
+#: ``read(batch_size, preprocess) -> iterator`` of batches; ``preprocess`` (or None) is applied to every
+#: sample before it is batched (a reader of images of different sizes applies it image by image).
+Reader = Callable[[int, "Preprocess | None"], Iterator]
+
+
+@dataclass(frozen=True)
+class Batches:
+    """A re-iterable stream of batches: every ``iter()`` reads the data again from its start, so a split is
+    never held in memory as a whole. Test splits yield ``(inputs, labels)``, calibration splits ``inputs``;
+    inputs (b, C, H, W) float32 (after ``preprocess``), labels (b,) int64.
+
+    samples: number of samples the stream yields; batch_size: samples per batch (the last may be smaller).
+    """
+
+    read: Reader
+    samples: int
+    batch_size: int = 256
+    preprocess: Preprocess | None = None
+
+    def __iter__(self) -> Iterator:
+        return iter(self.read(self.batch_size, self.preprocess))
+
+    def __len__(self) -> int:
+        """Number of batches."""
+        return (self.samples + self.batch_size - 1) // self.batch_size
+
+    def batched(self, batch_size: int) -> "Batches":
+        return replace(self, batch_size=batch_size)
+
+    @classmethod
+    def of_tensors(cls, *tensors: "torch.Tensor", batch_size: int = 256) -> "Batches":  # noqa: F821
+        """Batches of in-memory tensors (inputs first; ``preprocess`` applies to the inputs only); one
+        tensor gives input batches, several give tuples."""
+
+        def read(size, preprocess):
+            for start in range(0, len(tensors[0]), size):
+                parts = [t[start : start + size] for t in tensors]
+                if preprocess is not None:
+                    parts[0] = preprocess(parts[0])
+                yield parts[0] if len(parts) == 1 else tuple(parts)
+
+        return cls(read, len(tensors[0]), batch_size)
 
 
 @dataclass
 class Dataset:
-    """Labelled test data and unlabelled calibration data, already normalised for the model.
+    """Labelled test data and unlabelled calibration data, streamed in batches.
 
-    test_inputs: (n, C, H, W) float32; test_labels: (n,) int64; calibration_inputs: (k, C, H, W) float32
-    drawn from training data (used for activation ranges, never for accuracy).
+    test: (inputs, labels) batches for accuracy. calibration: input batches for activation and ADC
+    ranges, drawn from training data, or held out of the test data where there is no training split
+    (never both: ``details["calibration_held_out"]`` says how many were held out).
+    classes: class names by label index (None: unnamed). details: facts for the report (source,
+    splits, preprocessing), JSON-serialisable.
     """
 
     name: str
-    test_inputs: "torch.Tensor"  # noqa: F821
-    test_labels: "torch.Tensor"  # noqa: F821
-    calibration_inputs: "torch.Tensor"  # noqa: F821
+    test: Batches
+    calibration: Batches
+    classes: tuple | None = None
+    details: dict = field(default_factory=dict)
+
+    def with_preprocess(self, preprocess: Preprocess | None) -> "Dataset":
+        """The same data, with every sample passed through a model's ``preprocess``."""
+        return replace(self, test=replace(self.test, preprocess=preprocess),
+                       calibration=replace(self.calibration, preprocess=preprocess))
+
+    @classmethod
+    def of_tensors(cls, name: str, test_inputs, test_labels, calibration_inputs, **kwargs) -> "Dataset":
+        """A dataset of in-memory tensors (small data, tests, third-party plugins)."""
+        return cls(name, Batches.of_tensors(test_inputs, test_labels), Batches.of_tensors(calibration_inputs),
+                   **kwargs)

@@ -1,4 +1,5 @@
-"""Tests of sme_plugin.datasets: the scikit-learn digits dataset."""
+"""Tests of sme_plugin.datasets: the scikit-learn digits dataset and the streamed Batches interface
+(Fashion-MNIST and folder trees: tests/test_datasets_files.py)."""
 
 import numpy as np
 import pytest
@@ -10,14 +11,25 @@ from sme_plugin.datasets import DigitsDataset, digits_train
 from sme_plugin.errors import ConfigError
 
 
+class Loaded:
+    """A loaded dataset with its streams gathered into whole tensors (digits is small)."""
+
+    def __init__(self, dataset):
+        self.name = dataset.name
+        self.dataset = dataset
+        self.test_inputs, self.test_labels = (torch.cat(parts) for parts in zip(*dataset.test))
+        self.calibration_inputs = torch.cat(list(dataset.calibration))
+
+
 def load(**params):
-    return DigitsDataset(DigitsDataset.Params(**params)).load()
+    return Loaded(DigitsDataset(DigitsDataset.Params(**params)).load())
 
 
 def test_registered_under_digits():
     found = {}
     datasets.sme_register_datasets(register=found.__setitem__)
-    assert found == {"digits": DigitsDataset}
+    assert found == {"digits": DigitsDataset, "fashion_mnist": datasets.FashionMNISTDataset,
+                     "folder": datasets.FolderDataset}
 
 
 def test_shapes_dtypes_and_normalisation():
@@ -63,3 +75,21 @@ def test_bad_params_are_rejected():
         DigitsDataset.Params(samples=0)
     with pytest.raises(ValidationError):
         DigitsDataset.Params(bogus=1)
+
+
+def test_streams_are_re_iterable_batches_with_sizes():
+    data = DigitsDataset(DigitsDataset.Params(samples=100, calibration=50)).load()
+    assert (data.test.samples, data.calibration.samples) == (100, 50)
+    sizes = [len(y) for _, y in data.test.batched(32)]
+    assert sizes == [32, 32, 32, 4] and len(data.test.batched(32)) == 4
+    first, again = torch.cat([x for x, _ in data.test]), torch.cat([x for x, _ in data.test])
+    assert torch.equal(first, again)
+    assert data.details["calibration_held_out"] == 0 and data.classes[3] == "3"
+
+
+def test_preprocess_applies_to_every_streamed_sample():
+    data = DigitsDataset(DigitsDataset.Params(samples=10, calibration=5)).load()
+    doubled = data.with_preprocess(lambda x: 2 * x + 1)
+    assert torch.equal(torch.cat([x for x, _ in doubled.test]), 2 * torch.cat([x for x, _ in data.test]) + 1)
+    assert torch.equal(torch.cat(list(doubled.calibration)), 2 * torch.cat(list(data.calibration)) + 1)
+    assert torch.equal(torch.cat([y for _, y in doubled.test]), torch.cat([y for _, y in data.test]))

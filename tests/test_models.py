@@ -10,7 +10,8 @@ from torch import nn
 from sme_plugin import models
 from sme_plugin.datasets import DigitsDataset
 from sme_plugin.errors import WeightsError
-from sme_plugin.models import DigitsModel, DigitsNet, MobileNetV2Model, ResNet50Model
+from sme_plugin.models import DigitsModel, DigitsNet, FashionMNISTModel, MobileNetV2Model, ModuleModel, ResNet50Model
+from sme_plugin.pipeline import accuracy
 
 
 def build(factory, **params):
@@ -34,7 +35,8 @@ def mobilenet_v2():
 def test_registered_names():
     found = {}
     models.sme_register_models(register=found.__setitem__)
-    assert found == {"resnet50": ResNet50Model, "mobilenet_v2": MobileNetV2Model, "digits": DigitsModel}
+    assert found == {"resnet50": ResNet50Model, "mobilenet_v2": MobileNetV2Model, "digits": DigitsModel,
+                     "fmnist_cnn": FashionMNISTModel, "module": ModuleModel}
 
 
 def test_resnet50_matches_torchvision(resnet50):
@@ -174,9 +176,7 @@ def test_digits_trains_caches_and_reuses(tmp_path, monkeypatch):
     bundle = build(DigitsModel)
     assert bundle.weights == "trained" and not bundle.module.training
     data = DigitsDataset(DigitsDataset.Params()).load()
-    with torch.no_grad():
-        accuracy = (bundle.module(data.test_inputs).argmax(1) == data.test_labels).float().mean().item()
-    assert accuracy >= 0.95
+    assert accuracy(bundle.module, data.test) >= 95
 
     cached = sorted(p.name for p in tmp_path.iterdir())
     assert len(cached) == 1 and cached[0].startswith("digits-") and cached[0].endswith(".pt")
