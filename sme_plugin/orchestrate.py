@@ -16,13 +16,13 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from .bitsets import TABLE_BITS, project_to_mask, project_to_set, values_with_k_bits
+from .bitsets import TABLE_BITS, project_in_range, project_to_mask, project_to_set, values_with_k_bits
 from .errors import ConflictError
 from .greedy import spend
 from .hookspecs import hookimpl
-from .mapping import region_shape
+from .mapping import block_any, region_shape
 from .params import StrategyParams
-from .signs import encoded_bits, scheme_offsets, stored_values
+from .signs import cell_levels, encoded_bits, scheme_offsets, stored_values
 from .types import Layout, QuantizedLayer
 
 
@@ -253,18 +253,11 @@ class _Units:
         return [units[start : start + step] for start in range(0, len(units), step)]
 
     def project(self, values: np.ndarray, masks: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``values`` projected onto the bit ``masks`` within range, and where no value of a mask is in range."""
-        out = project_to_mask(values, masks, "nearest", self.n_bits)
-        masks = np.broadcast_to(masks, values.shape)
-        low = out < -self.top - offset
-        if low.any():
-            out[low] = project_to_mask(values[low], masks[low], "ceil", self.n_bits)
-        high = out > self.top - offset
-        if high.any():
-            out[high] = project_to_mask(values[high], masks[high], "floor", self.n_bits)
-        if low.any() or high.any():
-            return out, (out < -self.top - offset) | (out > self.top - offset)
-        return out, low
+        """``values`` projected onto the bit ``masks`` within range (:func:`bitsets.project_in_range`, the
+        projection fine-tuning shares), and where no value of a mask is in range."""
+        offset = offset.astype(np.int64)
+        out, infeasible = project_in_range(values, masks, -self.top - offset, self.top - offset, self.n_bits)
+        return out.astype(values.dtype), infeasible
 
     def _used(self, current: np.ndarray) -> np.ndarray:
         """Group-set id of the cell groups each of ``current`` uses."""
@@ -393,6 +386,94 @@ class _Units:
         for sign, values in zip(self.signs, stored):
             w_int += int(sign) * values
         return np.where(self.quantized.layer.mask, np.clip(w_int, -self.top, self.top), 0)
+
+
+@dataclass(frozen=True)
+class AllowedPatterns:
+    """The integer values each weight of a layer may take without changing its mapping's allocation.
+
+    masks: (S, P, N, M) int64 bit mask of the stored value of each sign set: the cell groups in use in
+    the weight's region (``layout.region``: plane-tile, plane-column or segment-column) *and* in its row of
+    the plane-tile (``geometry.cols`` columns; what row compaction keeps), under the layout's sign scheme.
+    offset: (P, N, M) int64 digital offsets; signs: (S,) of each set; top: largest magnitude; n_bits:
+    bits of a stored value. segments: (P, N, M) int64 offset segment of each weight (``segment-offset``:
+    a segment's minimum weight must keep ``u = 0`` so the mapper re-derives the same offset), None for
+    the other schemes. exists: (P, N, M) bool layer mask.
+    """
+
+    masks: np.ndarray
+    offset: np.ndarray
+    signs: np.ndarray
+    top: int
+    n_bits: int
+    segments: np.ndarray | None
+    exists: np.ndarray
+
+    def contains(self, w_int: np.ndarray) -> np.ndarray:
+        """(P, N, M) bool: whether each weight of ``w_int`` is an allowed value (ignores the segment rule)."""
+        w = np.asarray(w_int, dtype=np.int64)
+        if len(self.signs) == 2:
+            stored, mask = np.abs(w), np.where(w >= 0, self.masks[0], self.masks[1])
+        else:
+            stored, mask = w - self.offset, self.masks[0]
+        ok = (stored >= 0) & ((stored & ~mask) == 0) & (np.abs(w) <= self.top)
+        return np.where(self.exists, ok, w == 0)
+
+
+def allowed_patterns(q: QuantizedLayer, layout: Layout) -> AllowedPatterns:
+    """The :class:`AllowedPatterns` of an orchestrated (and squeezed) layer ``q`` under ``layout``: every
+    weight keeps to the cell groups its region and its plane-tile row already use, so no crossbar column,
+    region or compacted row is added (a dense layout allows every value in range)."""
+    top = _top(q)
+    mask = q.layer.mask
+    offsets = scheme_offsets(layout.sign, q.w_int, mask, q.bits, layout.read_rows)
+    stored, signs = stored_values(layout.sign, q.w_int, offsets)
+    n_bits = encoded_bits(layout.sign, q.bits)
+    cell_bits = layout.geometry.cell_bits
+    groups = -(-n_bits // cell_bits)
+    if not layout.sparse:
+        masks = np.full(stored.shape, (1 << n_bits) - 1, dtype=np.int64)
+    else:
+        levels = np.where(mask[None, None], cell_levels(stored, groups, cell_bits), 0) != 0  # (S, G, P, N, M)
+        region_rows, region_cols = layout.region
+        keep = _block_spread(levels, region_rows, region_cols) & _block_spread(levels, 1, layout.geometry.cols)
+        group_bits = ((1 << cell_bits) - 1) << (cell_bits * np.arange(groups, dtype=np.int64))
+        masks = np.tensordot(group_bits, keep.astype(np.int64), axes=([0], [1]))
+    segments = None
+    if layout.sign == "segment-offset":
+        parts, rows, cols = mask.shape
+        block = np.arange(rows) // layout.read_rows
+        blocks = -(-rows // layout.read_rows)
+        segments = ((np.arange(parts)[:, None, None] * blocks + block[None, :, None]) * cols
+                    + np.arange(cols)[None, None, :])
+    return AllowedPatterns(masks=np.where(mask[None], masks, 0), offset=offsets.astype(np.int64),
+                           signs=np.asarray(signs, dtype=np.int64), top=top, n_bits=n_bits, segments=segments,
+                           exists=mask)
+
+
+def _block_spread(flags: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """(..., N, M) bool -> same shape: whether any flag of each entry's (rows x cols) block is set."""
+    n, m = flags.shape[-2:]
+    blocks = block_any(flags, rows, cols)
+    return np.repeat(np.repeat(blocks, rows, axis=-2), cols, axis=-1)[..., :n, :m]
+
+
+def project_weights(x, masks, offset, top: int, n_bits: int):
+    """Nearest allowed integer weight to each of ``x`` (real or integer, in integer units; numpy or torch).
+
+    masks: (S, ...) bit masks of each sign set's stored value (S=2: differential, set 0 positive, set 1
+    negative; S=1: ``u = w - offset``); offset: digital offsets (zero for differential); top: largest
+    magnitude. Ties go towards the smaller stored value. Built on :func:`bitsets.project_in_range`, the
+    projection the orchestrators use. Returns (int64 weights, bool infeasible).
+    """
+    if len(masks) == 2:
+        positive = x >= 0
+        magnitude = abs(x)
+        mask = masks[0] * positive + masks[1] * ~positive
+        stored, infeasible = project_in_range(magnitude, mask, 0, top, n_bits)
+        return stored * (positive * 2 - 1), infeasible
+    stored, infeasible = project_in_range(x - offset, masks[0], -top - offset, top - offset, n_bits)
+    return stored + offset, infeasible
 
 
 class _WindowDrops:
