@@ -249,14 +249,15 @@ def _params(spec: str, registry) -> int:
     if not properties:
         print("  no parameters")
     for key, prop in properties.items():
-        default = entry.factory.Params.model_fields[key].get_default(call_default_factory=True)
+        field = entry.factory.Params.model_fields[key]
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
         kind_text = prop.get("type") or " | ".join(
             str(p.get("type", p.get("const", p.get("enum", "?")))) for p in prop.get("anyOf", [])) or "?"
         if "enum" in prop:
             kind_text = " | ".join(map(str, prop["enum"]))
         bounds = [f"{label} {prop[key_]}" for key_, label in
                   (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")) if key_ in prop]
-        text = f"  {key}: {kind_text} = {json.dumps(default, default=str)}"
+        text = f"  {key}: {kind_text} " + ("(required)" if field.is_required() else f"= {json.dumps(default, default=str)}")
         if bounds:
             text += f"  ({', '.join(bounds)})"
         if prop.get("description"):
