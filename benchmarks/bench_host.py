@@ -37,14 +37,15 @@ from functools import partial
 import numpy as np
 import torch
 from bench_mapping import limit_threads, positive, print_table  # first: it puts the checkout on sys.path
+from sme_cell_models import IdealCell, SLCCell
 from torch import nn
 
-from sme_cell_models import IdealCell, SLCCell
 from sme_plugin.converters import IdealADC, IdealDAC, NoisyADC
-from sme_plugin.host import CrossbarLayer, Simulation, StandaloneHost
+from sme_plugin.host import Simulation, StandaloneHost
 from sme_plugin.layers import conv_layer, linear_layer
 from sme_plugin.mapping import SmeMapper
 from sme_plugin.quantize import UniformQuantizer
+from sme_plugin.simulator import CrossbarLayer
 from sme_plugin.types import Geometry
 
 ACTIVATION_BITS = 8

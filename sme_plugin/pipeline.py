@@ -17,10 +17,11 @@ from .config import Config
 from .costs import Periphery, layer_costs, total_costs
 from .errors import ConfigError, WeightsError
 from .flow import LayerFlow, baseline_mappers, section
-from .host import Simulation, calibrate_activations, digital_model, input_batches
+from .host import Simulation
 from .layers import extract_layers, fold_batchnorm
 from .orchestrate import relative_error
 from .plugins import Registry
+from .simulator import calibrate_activations, digital_model, input_batches
 from .types import Dataset, Layer, MappedLayer, ModelBundle, QuantizedLayer
 from .validate import build_stages
 

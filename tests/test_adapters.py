@@ -7,15 +7,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from sme_adapters.aihwkit import AihwkitHost
+from sme_adapters.aihwkit_tiles import AihwkitPlan, rpu_config
+from sme_cell_models import SLCCell
 from test_host import sim_of, small_net
 
-from sme_adapters.aihwkit import AihwkitHost, AihwkitPlan, rpu_config
-from sme_cell_models import SLCCell
 from sme_plugin import errors
 from sme_plugin.converters import NoisyADC, NoisyDAC, UniformADC
-from sme_plugin.host import CrossbarPlan, digital_model
+from sme_plugin.errors import ConflictError
 from sme_plugin.plugins import build_registry, plugin_manager
 from sme_plugin.signs import SIGN_SCHEMES
+from sme_plugin.simulator import CrossbarPlan, digital_model
 from sme_plugin.types import Geometry, Layer, QuantizedLayer
 
 torch.set_num_threads(1)
@@ -202,7 +204,7 @@ def test_bad_params_and_inputs(kit, net_setup):
         AihwkitHost.Params(w_noise=0.1)
     with pytest.raises(ValueError, match="activation scale"):
         host().build(net, mapped, sim_of(cell_bits=2), {})
-    with pytest.raises(ValueError, match="2-bit cells"):
+    with pytest.raises(ConflictError, match="2-bit cells"):
         host().build(net, mapped, sim_of(cell_bits=1), scales)
 
 

@@ -5,24 +5,18 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sme_cell_models import IdealCell, MLCCell, SLCCell
 from torch import nn
 
-from sme_cell_models import IdealCell, MLCCell, SLCCell
 from sme_plugin import errors
 from sme_plugin.checker import check_placement
 from sme_plugin.converters import IdealADC, IdealDAC, NoisyADC, NoisyDAC, UniformADC, lossless_bits
-from sme_plugin.host import (
-    CrossbarLayer,
-    CrossbarPlan,
-    Simulation,
-    StandaloneHost,
-    calibrate_activations,
-    crossbar_matmul,
-    digital_model,
-)
+from sme_plugin.errors import ConflictError
+from sme_plugin.host import Simulation, StandaloneHost
 from sme_plugin.placement import assemble
 from sme_plugin.plugins import build_registry, plugin_manager
 from sme_plugin.signs import SIGN_SCHEMES, encode
+from sme_plugin.simulator import CrossbarLayer, CrossbarPlan, calibrate_activations, crossbar_matmul, digital_model
 from sme_plugin.types import Geometry, Layer, MappedLayer, QuantizedLayer
 
 torch.set_num_threads(1)
@@ -451,7 +445,7 @@ def test_linear_on_higher_rank_inputs_and_chunking():
 def test_bad_inputs_raise_clear_errors(net_setup):
     net, _inputs, qs, scales = net_setup
     mapped = {"fc": mapper("sme").map(qs["fc"], Geometry(rows=16, cols=16, cell_bits=2))}
-    with pytest.raises(ValueError, match="mapped for 2-bit cells, but the cell model stores 1 bits"):
+    with pytest.raises(ConflictError, match="mapped for 2-bit cells, but the cell model stores 1 bits"):
         StandaloneHost(StandaloneHost.Params()).build(net, mapped, sim_of(cell_bits=1), scales)
     with pytest.raises(ValueError, match="do not fit"):
         digital_model(net, {"features.2": qs["fc"]}, 8, scales)
