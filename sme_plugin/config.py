@@ -13,7 +13,6 @@ YAML is read defensively: a config file is at most :data:`MAX_CONFIG_BYTES` of U
 from __future__ import annotations
 
 import difflib
-import math
 import re
 import reprlib
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError, InputError
+from .params import StrategyParams
 from .plugins import Registry
 from .types import Geometry
 
@@ -32,7 +32,7 @@ DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 #: strategy sections in data-flow order (``dataset`` may be null: no accuracy run).
 STRATEGY_SECTIONS = ("model", "dataset", "quantizer", "orchestrator", "mapper", "squeezer", "cell", "adc", "dac", "host")
 #: every top-level key of a config.
-TOP_KEYS = (*STRATEGY_SECTIONS, "activations", "seed", "output", "plugins")
+TOP_KEYS = (*STRATEGY_SECTIONS, "activations", "finetune", "seed", "output", "plugins")
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_DEPTH = 32
@@ -93,11 +93,73 @@ class ActivationParams(BaseModel):
     bits: int = Field(8, ge=1, le=16)
 
 
+class FinetuneParams(StrategyParams):
+    """The ``finetune:`` section (null: no fine-tuning); run by :func:`sme_plugin.finetune.finetune`.
+
+    Attributes
+    ----------
+    method : {"ste", "admm", "l1-bitslice", "l1"}
+        See the module docstring.
+    epochs : int
+        Passes over the training data (ADMM: before the hard projection).
+    lr : float
+        Adam learning rate.
+    rho, rho_growth : float
+        ADMM penalty (integer units, summed over weights) and its growth factor per Z/U update.
+    admm_steps : int
+        Optimiser steps between two ADMM Z/U updates.
+    polish_epochs : int
+        ADMM: STE epochs after the hard projection (the masked fine-tune).
+    alpha : float
+        Weight of the (bit-slice) L1 term of ``l1-bitslice`` / ``l1``.
+    slice_bits : int
+        Bits per slice of ``l1-bitslice`` (2 in the paper; the cell bits of the crossbars).
+    batch_size : int
+        Samples per step (in-memory data and streams that can be re-batched).
+    seed : int
+        Seed of the batch order, the augmentation and anything else random.
+    data : {"train", "distill"}
+        Labelled cross-entropy, or distillation from the float model on unlabelled inputs.
+    temperature : float
+        Distillation temperature.
+    augment : bool
+        Distillation: random shifts (up to 1/8 of the image) and horizontal flips of the inputs.
+    checkpoint : str or None
+        Where the fine-tuned state is written (``.pt`` plus a ``.json`` recipe next to it); None: nowhere.
+    reuse : bool
+        Load ``checkpoint`` instead of training when it exists and its recipe matches.
+    """
+
+    method: Literal["ste", "admm", "l1-bitslice", "l1"] = "ste"
+    epochs: int = Field(2, ge=0, le=10_000)
+    lr: float = Field(1e-3, gt=0, le=10)
+    rho: float = Field(1e-3, gt=0)
+    rho_growth: float = Field(1.3, ge=1)
+    admm_steps: int = Field(10, ge=1)
+    polish_epochs: int = Field(1, ge=0, le=10_000)
+    alpha: float = Field(1.0, ge=0)
+    slice_bits: int = Field(2, ge=1, le=8)
+    batch_size: int = Field(32, ge=1, le=1 << 20)
+    seed: int = Field(0, ge=0)
+    data: Literal["train", "distill"] = "train"
+    temperature: float = Field(1.0, gt=0, le=100)
+    augment: bool = True
+    checkpoint: str | None = None
+    reuse: bool = False
+
+    @model_validator(mode="after")
+    def _reuse_needs_checkpoint(self):
+        if self.reuse and self.checkpoint is None:
+            raise ValueError("reuse: true needs a checkpoint path")
+        return self
+
+
 class Scalars(BaseModel):
     """The top-level keys that are not strategy sections."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     activations: ActivationParams = ActivationParams()
+    finetune: FinetuneParams | None = None
     seed: int = Field(0, ge=0, le=MAX_SEED, strict=True)
     output: str = Field("sme-out", strict=True)
 
@@ -135,6 +197,7 @@ class Config:
     output: str
     source: str
     plugins: tuple[str, ...] = field(default=())
+    finetune: FinetuneParams | None = None
 
     def geometry(self, cell_bits: int) -> Geometry:
         c = self.crossbar
@@ -143,7 +206,8 @@ class Config:
     def as_dict(self) -> dict:
         out = {kind: (s.as_dict() if s else None) for kind, s in self.strategies.items()}
         out["mapper"].update(self.crossbar.model_dump(mode="json"))
-        out.update(activations=self.activations.model_dump(), seed=self.seed, output=self.output)
+        out.update(activations=self.activations.model_dump(), seed=self.seed, output=self.output,
+                   finetune=self.finetune.model_dump(mode="json") if self.finetune else None)
         if self.plugins:
             out["plugins"] = list(self.plugins)
         return out
@@ -385,4 +449,4 @@ def load_config(data: dict | str | Path | None, registry: Registry, source: str 
     if problems:
         raise ConfigError(_bounded(problems))
     return Config(strategies, crossbar, scalars.activations, scalars.seed, scalars.output, source or "dict",
-                  tuple(plugins))
+                  tuple(plugins), scalars.finetune)

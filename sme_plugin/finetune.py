@@ -38,84 +38,21 @@ import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
+from .config import FinetuneParams
 from .layers import _block_diagonal
 from .orchestrate import AllowedPatterns, allowed_patterns, project_weights
-from .params import StrategyParams
 from .types import Layout, QuantizedLayer
 
 METHODS = ("ste", "admm", "l1-bitslice", "l1")
 #: methods that keep the orchestrated bit patterns (run after orchestration and squeeze-out)
 PATTERN_METHODS = ("ste", "admm")
-
-
-class FinetuneParams(StrategyParams):
-    """The ``finetune:`` section.
-
-    Attributes
-    ----------
-    method : {"ste", "admm", "l1-bitslice", "l1"}
-        See the module docstring.
-    epochs : int
-        Passes over the training data (ADMM: before the hard projection).
-    lr : float
-        Adam learning rate.
-    rho, rho_growth : float
-        ADMM penalty (integer units, summed over weights) and its growth factor per Z/U update.
-    admm_steps : int
-        Optimiser steps between two ADMM Z/U updates.
-    polish_epochs : int
-        ADMM: STE epochs after the hard projection (the masked fine-tune).
-    alpha : float
-        Weight of the (bit-slice) L1 term of ``l1-bitslice`` / ``l1``.
-    slice_bits : int
-        Bits per slice of ``l1-bitslice`` (2 in the paper; the cell bits of the crossbars).
-    batch_size : int
-        Samples per step (in-memory data and streams that can be re-batched).
-    seed : int
-        Seed of the batch order, the augmentation and anything else random.
-    data : {"train", "distill"}
-        Labelled cross-entropy, or distillation from the float model on unlabelled inputs.
-    temperature : float
-        Distillation temperature.
-    augment : bool
-        Distillation: random shifts (up to 1/8 of the image) and horizontal flips of the inputs.
-    checkpoint : str or None
-        Where the fine-tuned state is written (``.pt`` plus a ``.json`` recipe next to it); None: nowhere.
-    reuse : bool
-        Load ``checkpoint`` instead of training when it exists and its recipe matches.
-    """
-
-    method: Literal["ste", "admm", "l1-bitslice", "l1"] = "ste"
-    epochs: int = Field(2, ge=0, le=10_000)
-    lr: float = Field(1e-3, gt=0, le=10)
-    rho: float = Field(1e-3, gt=0)
-    rho_growth: float = Field(1.3, ge=1)
-    admm_steps: int = Field(10, ge=1)
-    polish_epochs: int = Field(1, ge=0, le=10_000)
-    alpha: float = Field(1.0, ge=0)
-    slice_bits: int = Field(2, ge=1, le=8)
-    batch_size: int = Field(32, ge=1, le=1 << 20)
-    seed: int = Field(0, ge=0)
-    data: Literal["train", "distill"] = "train"
-    temperature: float = Field(1.0, gt=0, le=100)
-    augment: bool = True
-    checkpoint: str | None = None
-    reuse: bool = False
-
-    @model_validator(mode="after")
-    def _reuse_needs_checkpoint(self):
-        if self.reuse and self.checkpoint is None:
-            raise ValueError("reuse: true needs a checkpoint path")
-        return self
 
 
 @dataclass

@@ -15,7 +15,8 @@ from rich.progress import track
 from . import __version__
 from .config import Config
 from .costs import Periphery, layer_costs, total_costs
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError, ConflictError, WeightsError
+from .finetune import PATTERN_METHODS, finetune
 from .flow import LayerFlow, baseline_mappers, section
 from .host import Simulation
 from .layers import extract_layers, fold_batchnorm
@@ -183,11 +184,19 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
                                                                           console=STDERR)]
     baselines = baseline_mappers(registry, config.crossbar.baseline_sign)
     flow = LayerFlow(stages.orchestrator, stages.mapper, stages.squeezer, baselines, geometry)
+    tuned = None
+    if config.finetune is not None and config.finetune.method not in PATTERN_METHODS:  # training-time methods
+        tuned = finetune_layers(config, folded, quantized, None, dataset, bundle, progress)
+        folded, quantized = tuned.model, tuned.quantized
     layouts = [flow.layout(q) for q in quantized]
-    joint = not stages.orchestrator.per_layer
-    if joint:  # a model-wide budget needs every layer at once
+    keep_patterns = config.finetune is not None and config.finetune.method in PATTERN_METHODS
+    joint = not stages.orchestrator.per_layer or keep_patterns
+    if joint:  # a model-wide budget, or fine-tuning within the bit patterns, needs every layer at once
         log.info("orchestrate all layers together")
         orchestrated = flow.orchestrate(quantized, layouts)
+        if keep_patterns:
+            tuned = finetune_layers(config, folded, orchestrated, layouts, dataset, bundle, progress)
+            orchestrated = tuned.quantized
     lap("quantize+layout")
 
     log.info("map, squeeze and cost %d layers", len(layers))
@@ -242,9 +251,13 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
                      "dataset": None, "skipped": "no dataset configured (dataset: null)"},
         "timing_s": timing,
     }
+    if tuned is not None:
+        report["finetune"] = {"params": config.finetune.model_dump(mode="json"), "history": tuned.history,
+                              "reused": tuned.reused}
     if simulate:
         log.info("simulate %s through the crossbars on %d samples", ", ".join(SIMULATED), dataset.test.samples)
-        report["accuracy"] = evaluate(config, stages, folded, quantized, mapped, dataset, progress)
+        report["accuracy"] = evaluate(config, stages, folded, quantized, mapped, dataset, progress,
+                                      tuned.model if keep_patterns else None)
         errors = report["accuracy"].pop("output_error")
         for entry in layer_reports:
             entry["output_error"] = {label: errors[label][entry["name"]] for label in SIMULATED}
@@ -280,35 +293,57 @@ def output_errors(simulated: torch.nn.Module, reference: torch.nn.Module, names,
     return {name: round((error / norm) ** 0.5, 6) if norm else 0.0 for name, (error, norm) in totals.items()}
 
 
-def evaluate(config: Config, stages: Stages, model, quantized, mapped, dataset, progress: bool = False) -> dict:
+def finetune_layers(config: Config, model, layers: list[QuantizedLayer], layouts, dataset, bundle,
+                    progress: bool = False):
+    """Run the ``finetune:`` section on ``layers`` (within the bit patterns of ``layouts`` for ``ste``/``admm``,
+    the quantizer's layers for the training-time L1 methods), distilling from ``model`` on the dataset's
+    calibration inputs (drawn from its training data); returns :class:`sme_plugin.finetune.FinetuneResult`."""
+    params = config.finetune
+    if dataset is None:
+        raise ConflictError("finetune: fine-tuning needs data; configure a dataset (its calibration inputs, "
+                            "drawn from training data, are what the model is fine-tuned on)")
+    if params.data == "train":
+        raise ConflictError(f"finetune.data: 'train' needs labelled training batches, which dataset "
+                            f"{dataset.name!r} does not stream (it gives unlabelled calibration inputs); use data: distill")
+    log.info("fine-tune %d layers (%s, %d epochs)", len(layers), params.method, params.epochs)
+    return finetune(model, layers, layouts, params, dataset.calibration, teacher=model, progress=progress,
+                    recipe={"model": bundle.name, "weights": bundle.weights, "dataset": dataset.name,
+                            "config": config.source})
+
+
+def evaluate(config: Config, stages: Stages, model, quantized, mapped, dataset, progress: bool = False,
+             tuned_model=None) -> dict:
     """Accuracy of the float model, the digital integer models and every simulated mapping, and each
     simulated layer's output error on the calibration inputs.
 
     mapped: label -> {layer name: MappedLayer} for each label of :data:`SIMULATED`; each runs through the
-    same cells, ADC and DAC (with the same seed). Returns the accuracy section of the report, its
-    ``output_error`` being label -> {layer name: relative RMS error}."""
+    same cells, ADC and DAC (with the same seed). tuned_model: the fine-tuned float model SME's layers
+    come from (its biases and the other layers), None without fine-tuning within the bit patterns.
+    Returns the accuracy section of the report, its ``output_error`` being label -> {layer name: relative
+    RMS error}."""
     names = [q.layer.name for q in quantized]
-    scales = calibrate_activations(model, names, dataset.calibration)
     bits = config.activations.bits
     test = dataset.test.batched(128)
     simulation = Simulation(cell=stages.cell, adc=stages.adc, dac=stages.dac, activation_bits=bits, seed=config.seed)
-    digital = {
-        "isaac": digital_model(model, {q.layer.name: q for q in quantized}, bits, scales),
-        "sme": digital_model(model, {n: m.quantized for n, m in mapped["sme"].items()}, bits, scales),
-    }
+    models = {"isaac": model, "sme": model if tuned_model is None else tuned_model}
+    scales = {label: calibrate_activations(m, names, dataset.calibration) for label, m in models.items()}
+    weights = {"isaac": {q.layer.name: q for q in quantized}, "sme": {n: m.quantized for n, m in mapped["sme"].items()}}
+    digital = {label: digital_model(models[label], weights[label], bits, scales[label]) for label in models}
     result = {
         "dataset": dataset.name,
         "samples": test.samples,
         "calibration_samples": dataset.calibration.samples,
         **({"dataset_details": dataset.details} if dataset.details else {}),
         "float": accuracy(model, test),
+        **({"float_finetuned": accuracy(tuned_model, test)} if tuned_model is not None else {}),
         "quantizer_only": accuracy(digital["isaac"], test),
         "quantized": accuracy(digital["sme"], test),
         "output_error": {},
     }
     for label, layers in mapped.items():
         with section("host"):
-            simulated = stages.host.build(model, layers, simulation, scales, calibration_inputs=dataset.calibration)
+            simulated = stages.host.build(models[label], layers, simulation, scales[label],
+                                          calibration_inputs=dataset.calibration)
         result[label] = accuracy(simulated, test, f"simulate {label} crossbars", progress)
         result["output_error"][label] = output_errors(simulated, digital[label], list(layers), dataset.calibration)
     return result

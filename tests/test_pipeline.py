@@ -4,6 +4,7 @@ noisy components cost accuracy, and every reported count comes from the placemen
 import pytest
 
 from sme_plugin.config import load_config
+from sme_plugin.errors import ConflictError
 from sme_plugin.pipeline import run
 from sme_plugin.plugins import build_registry, plugin_manager
 
@@ -50,3 +51,21 @@ def test_headline_costs_sit_next_to_the_crossbars():
         assert cost["crossbars"] == report["totals"]["crossbars"][label]
         assert cost["energy_uj"] == pytest.approx(cost["energy_analog_uj"] + cost["energy_digital_uj"])
         assert cost["latency_us"] > 0 and cost["area_mm2"] > 0 and cost["adc_conversions"] > 0
+
+
+def test_finetuning_within_the_bit_patterns_keeps_the_golden_rule():
+    report = run_config({**IDEAL, "orchestrator": {"name": "window", "budget": 0.3},
+                         "finetune": {"method": "ste", "epochs": 1, "data": "distill", "batch_size": 64}})
+    acc = report["accuracy"]
+    assert report["finetune"]["params"]["method"] == "ste" and len(report["finetune"]["history"]) == 1
+    assert acc["sme"] == acc["quantized"] and acc["float_finetuned"] is not None
+    assert all(layer["output_error"]["sme"] == 0.0 for layer in report["layers"])
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"dataset": None, "finetune": {"data": "distill"}}, "finetune: fine-tuning needs data"),
+    ({"finetune": {"data": "train"}}, "finetune.data: 'train' needs labelled training batches"),
+])
+def test_finetuning_without_usable_data_is_a_conflict(data, message):
+    with pytest.raises(ConflictError, match=message):
+        run_config(data)
