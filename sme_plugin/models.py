@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import tempfile
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -119,18 +120,18 @@ def _save_atomically(state: dict, path: Path) -> None:
         raise
 
 
-class _TrainedBuilder(_Builder):
+class _TrainedBuilder(_Builder, ABC):
     """A built-in model that trains itself on first use (seeded, deterministic) and caches the result
     under :func:`cache_dir` as ``<name>-<key>.pt``: ``{"state_dict", "recipe", "results"}``, written
     atomically, the key a hash of the recipe (architecture and every training setting)."""
 
+    @abstractmethod
     def recipe(self) -> dict:
         """Everything the trained weights depend on (JSON-serialisable)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _train(self, module: nn.Module) -> dict:
         """Train ``module`` in place; return results worth keeping next to the weights."""
-        raise NotImplementedError
 
     def cache_path(self) -> Path:
         """Cache file of the trained state_dict, keyed by architecture and training settings."""

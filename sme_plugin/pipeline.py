@@ -22,7 +22,7 @@ from .host import Simulation
 from .layers import extract_layers, fold_batchnorm
 from .orchestrate import relative_error
 from .plugins import Registry
-from .simulator import calibrate_activations, digital_model, input_batches
+from .simulator import calibrate_activations, digital_model, run_batches
 from .types import Dataset, Layer, MappedLayer, ModelBundle, QuantizedLayer
 from .validate import build_stages
 
@@ -284,9 +284,7 @@ def output_errors(simulated: torch.nn.Module, reference: torch.nn.Module, names,
 
     handles = [simulated_layers[name].register_forward_hook(hook(name)) for name in names]
     try:
-        with torch.no_grad():
-            for batch in input_batches(inputs, batch_size):
-                simulated(batch)
+        run_batches(simulated, inputs, batch_size)
     finally:
         for handle in handles:
             handle.remove()

@@ -93,6 +93,14 @@ def input_batches(inputs, batch_size: int = 256):
     return inputs.split(batch_size) if isinstance(inputs, torch.Tensor) else inputs
 
 
+def run_batches(model: nn.Module, inputs, batch_size: int = 256) -> None:
+    """Run ``inputs`` (a tensor or input batches, see :func:`input_batches`) through ``model`` without
+    gradients, for what its hooks or calibrating layers record."""
+    with torch.no_grad():
+        for batch in input_batches(inputs, batch_size):
+            model(batch)
+
+
 def calibrate_activations(model: nn.Module, layer_names, inputs, batch_size: int = 256) -> dict[str, float]:
     """max |input| of each named Conv2d/Linear over ``inputs`` (a tensor or input batches, see
     :func:`input_batches`; the model runs as given, e.g. eval mode)."""
@@ -107,9 +115,7 @@ def calibrate_activations(model: nn.Module, layer_names, inputs, batch_size: int
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
     try:
-        with torch.no_grad():
-            for batch in input_batches(inputs, batch_size):
-                model(batch)
+        run_batches(model, inputs, batch_size)
     finally:
         for h in handles:
             h.remove()
@@ -617,9 +623,7 @@ def calibrate_adc(model: nn.Module, inputs, batch_size: int = 256) -> None:
     for layer in layers:
         layer.calibrating = True
     try:
-        with torch.no_grad():
-            for batch in input_batches(inputs, batch_size):
-                model(batch)
+        run_batches(model, inputs, batch_size)
     finally:
         for layer in layers:
             layer.calibrating = False
