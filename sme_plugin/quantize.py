@@ -13,7 +13,6 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from .bitsets import project_to_set
 from .errors import WeightsError
 from .hookspecs import hookimpl
 from .params import StrategyParams

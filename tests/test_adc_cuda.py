@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from sme_cell_models import MLCCell, SLCCell
+
 from sme_plugin.converters import NoisyADC, UniformADC
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -1,12 +1,11 @@
 import pytest
+import sme_cell_models as cell_models
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import sme_cell_models as cell_models
-from sme_cell_models import PRESETS, IdealCell, MLCCell, SLCCell
-from sme_cell_models import reram
+from sme_cell_models import PRESETS, IdealCell, MLCCell, SLCCell, reram
 from sme_cell_models.reram import DEFAULT_PRESET, PRESET_SOURCES
+
 from sme_plugin.plugins import registry_of
 
 

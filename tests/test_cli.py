@@ -93,7 +93,7 @@ class ThirdParty:
 
 
 def test_third_party_squeezer_selected_from_yaml(tmp_path, monkeypatch):
-    from sme_plugin import cli, plugins
+    from sme_plugin import plugins
 
     real = plugins.plugin_manager
     monkeypatch.setattr(plugins, "plugin_manager",
