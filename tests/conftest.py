@@ -1,6 +1,12 @@
 import os
 
 import pytest
+from hypothesis import settings
+
+# tox (and so CI) runs the "ci" profile: every property test draws the same examples on every run, so a
+# result is reproducible; a plain local pytest run keeps exploring new examples.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["SME_DISABLE_PLUGIN_AUTOLOAD"] = "1"

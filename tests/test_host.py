@@ -108,8 +108,10 @@ def adc_of(kind, placement, dac_bits):
     if kind == "auto":
         return UniformADC(UniformADC.Params(bits="auto"))
     if kind == "rounded":
-        bits = max(1, lossless_bits(placement.full_scale(dac_bits)))
-        return UniformADC(UniformADC.Params(bits=min(16, bits + 1), round_to_levels=True))
+        bits = max(1, lossless_bits(placement.full_scale(dac_bits))) + 1  # LSB at most half a level
+        if bits > 16:  # beyond a 16-bit converter: such sums are only exact with per-column (auto) bits
+            return UniformADC(UniformADC.Params(bits="auto"))
+        return UniformADC(UniformADC.Params(bits=bits, round_to_levels=True))
     return None
 
 
