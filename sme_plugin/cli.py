@@ -190,7 +190,7 @@ def _summary(report: dict, out) -> None:
     for row in rows:
         print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))), file=out)
     if acc.get("dataset"):
-        print(f"accuracy on {acc['samples']} {acc['dataset']} samples: float {acc['float']} %, "
+        print(f"{acc.get('metric') or 'accuracy'} on {acc['samples']} {acc['dataset']} samples: float {acc['float']} %, "
               f"quantized {acc['quantized']} %, SME crossbars {acc['sme']} %", file=out)
     reduction = _reduction(totals["reduction"]) if totals["reduction"] else "n/a (SME uses no crossbar)"
     print(f"weight error {totals['weight_error']}, reduction vs ISAAC {reduction}", file=out)

@@ -23,7 +23,7 @@ from .layers import extract_layers, fold_batchnorm
 from .orchestrate import relative_error
 from .plugins import Registry
 from .simulator import calibrate_activations, digital_model, run_batches
-from .types import Dataset, Layer, MappedLayer, ModelBundle, QuantizedLayer
+from .types import Batches, Dataset, Layer, MappedLayer, ModelBundle, QuantizedLayer
 from .validate import build_stages
 
 #: mappings whose accuracy the host measures: SME and the ISAAC mapping of the same weights on the same cells
@@ -107,6 +107,26 @@ def squared_errors(before: QuantizedLayer, after: QuantizedLayer) -> tuple[float
     relative weight error without holding every layer's weights."""
     return (float(np.square(after.dequantized() - before.dequantized()).sum()),
             float(np.square(before.dequantized()).sum()))
+
+
+#: what the report's accuracy figures measure, by whether the dataset is labelled
+METRICS = {True: "top-1 accuracy", False: "top-1 agreement with the float model"}
+
+
+def agreement_batches(model: torch.nn.Module, batches: Batches) -> Batches:
+    """``batches`` of (inputs, labels) relabelled with ``model``'s top-1 predictions (computed once), so
+    that :func:`accuracy` on them is top-1 agreement with ``model`` (unlabelled data)."""
+    model.eval()
+    with torch.no_grad():
+        reference = torch.cat([model(inputs).argmax(dim=1) for inputs, _ in batches] or [torch.zeros(0, dtype=torch.long)])
+
+    def read(batch_size, preprocess):
+        offset = 0
+        for inputs, _ in batches.batched(batch_size):
+            yield inputs, reference[offset : offset + len(inputs)]
+            offset += len(inputs)
+
+    return Batches(read, batches.samples, batches.batch_size)
 
 
 def accuracy(model: torch.nn.Module, batches, label: str = "evaluate", progress: bool = False) -> float:
@@ -248,7 +268,7 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
         },
         "costs": {label: total_costs(costs) for label, costs in costs_by_label.items()},
         "accuracy": {"float": None, "quantizer_only": None, "quantized": None, **dict.fromkeys(SIMULATED), "samples": 0,
-                     "dataset": None, "skipped": "no dataset configured (dataset: null)"},
+                     "dataset": None, "metric": None, "skipped": "no dataset configured (dataset: null)"},
         "timing_s": timing,
     }
     if tuned is not None:
@@ -312,7 +332,8 @@ def finetune_layers(config: Config, model, layers: list[QuantizedLayer], layouts
 def evaluate(config: Config, stages: Stages, model, quantized, mapped, dataset, progress: bool = False,
              tuned_model=None) -> dict:
     """Accuracy of the float model, the digital integer models and every simulated mapping, and each
-    simulated layer's output error on the calibration inputs.
+    simulated layer's output error on the calibration inputs. On unlabelled data (``dataset.labelled``
+    False) every accuracy is top-1 agreement with the float model (``metric`` says which).
 
     mapped: label -> {layer name: MappedLayer} for each label of :data:`SIMULATED`; each runs through the
     same cells, ADC and DAC (with the same seed). tuned_model: the fine-tuned float model SME's layers
@@ -322,6 +343,8 @@ def evaluate(config: Config, stages: Stages, model, quantized, mapped, dataset, 
     names = [q.layer.name for q in quantized]
     bits = config.activations.bits
     test = dataset.test.batched(128)
+    if not dataset.labelled:
+        test = agreement_batches(model, test)
     simulation = Simulation(cell=stages.cell, adc=stages.adc, dac=stages.dac, activation_bits=bits, seed=config.seed)
     models = {"isaac": model, "sme": model if tuned_model is None else tuned_model}
     scales = {label: calibrate_activations(m, names, dataset.calibration) for label, m in models.items()}
@@ -329,6 +352,7 @@ def evaluate(config: Config, stages: Stages, model, quantized, mapped, dataset, 
     digital = {label: digital_model(models[label], weights[label], bits, scales[label]) for label in models}
     result = {
         "dataset": dataset.name,
+        "metric": METRICS[dataset.labelled],
         "samples": test.samples,
         "calibration_samples": dataset.calibration.samples,
         **({"dataset_details": dataset.details} if dataset.details else {}),

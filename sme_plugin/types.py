@@ -335,7 +335,8 @@ class Dataset:
     ranges, drawn from training data, or held out of the test data where there is no training split
     (never both: ``details["calibration_held_out"]`` says how many were held out).
     classes: class names by label index (None: unnamed). details: facts for the report (source,
-    splits, preprocessing), JSON-serialisable.
+    splits, preprocessing), JSON-serialisable. labelled: False for photos without labels (their test
+    labels are placeholders, -1): accuracy is then top-1 agreement with the float model's predictions.
     """
 
     name: str
@@ -343,6 +344,7 @@ class Dataset:
     calibration: Batches
     classes: tuple | None = None
     details: dict = field(default_factory=dict)
+    labelled: bool = True
 
     def with_preprocess(self, preprocess: Preprocess | None) -> "Dataset":
         """The same data, with every sample passed through a model's ``preprocess``."""
