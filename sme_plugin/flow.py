@@ -54,9 +54,14 @@ class LayerFlow:
         with section("mapper"):
             return self.mapper.layout(q, self.geometry)
 
-    def orchestrate(self, layers: list[QuantizedLayer], layouts: list[Layout]) -> list[QuantizedLayer]:
+    def orchestrate(self, layers: list[QuantizedLayer], layouts: list[Layout], grams=None) -> list[QuantizedLayer]:
+        """The orchestrated layers; ``grams`` (name -> (P, N, N) input second moments) only for an orchestrator
+        that ``needs_inputs`` (others keep the two-argument call)."""
         with section("orchestrator"):
-            return self.orchestrator.orchestrate(layers, layouts)
+            if grams is None:
+                return self.orchestrator.orchestrate(layers, layouts)
+            own = {q.layer.name: grams.get(q.layer.name) for q in layers}
+            return self.orchestrator.orchestrate(layers, layouts, grams=own)
 
     def map(self, before: QuantizedLayer, after: QuantizedLayer, layout: Layout) -> dict[str, MappedLayer]:
         """label -> mapping of one layer: ``sme`` = the configured mapper and squeezer on the orchestrated

@@ -209,11 +209,19 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
         tuned = finetune_layers(config, folded, quantized, None, dataset, bundle, progress)
         folded, quantized = tuned.model, tuned.quantized
     layouts = [flow.layout(q) for q in quantized]
+    grams = None
+    if getattr(stages.orchestrator, "needs_inputs", False):  # data-aware orchestration: calibration inputs' H
+        if dataset is None:
+            raise ConflictError("orchestrator.error: output needs a dataset (calibration inputs)")
+        from .activations import input_gram
+
+        log.info("input second moments of %d layers on the calibration inputs", len(quantized))
+        grams = input_gram(folded, [q for q, layout in zip(quantized, layouts) if layout.sparse], dataset.calibration)
     keep_patterns = config.finetune is not None and config.finetune.method in PATTERN_METHODS
     joint = not stages.orchestrator.per_layer or keep_patterns
     if joint:  # a model-wide budget, or fine-tuning within the bit patterns, needs every layer at once
         log.info("orchestrate all layers together")
-        orchestrated = flow.orchestrate(quantized, layouts)
+        orchestrated = flow.orchestrate(quantized, layouts, grams)
         if keep_patterns:
             tuned = finetune_layers(config, folded, orchestrated, layouts, dataset, bundle, progress)
             orchestrated = tuned.quantized
@@ -228,7 +236,7 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
     steps = track(list(zip(quantized, layouts)), "map + squeeze", disable=not progress, console=STDERR)
     for index, (before, layout) in enumerate(steps):
         # one layer at a time: only this layer's orchestration state and placements are held
-        after = orchestrated[index] if joint else flow.orchestrate([before], [layout])[0]
+        after = orchestrated[index] if joint else flow.orchestrate([before], [layout], grams)[0]
         layer_mappings = flow.map(before, after, layout)
         costs = {label: layer_costs(m, periphery) for label, m in layer_mappings.items()}
         for label, cost in costs.items():
