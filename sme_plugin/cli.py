@@ -42,8 +42,10 @@ HEARTBEAT_S = float(os.environ.get("SME_HEARTBEAT_S", "15") or 15)
 def _epilog() -> str:
     codes = "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
     return (
-        "models: digits (trains itself, with its dataset), resnet50, mobilenet_v2 (random weights unless given);\n"
-        "  `sme plugins` lists every strategy, `sme plugins --params NAME` its parameters,\n"
+        "models: digits, fmnist_cnn (train themselves; with their datasets), resnet50, mobilenet_v2 (random\n"
+        "  weights unless given), efficientnet_lite0/1/2, mobilenet_v2_keras, inception_v3 (trained weights from\n"
+        "  the [zoo] packages), module (your own nn.Module factory);\n"
+        "  `sme plugins` lists every strategy and model, `sme plugins --params NAME` its parameters,\n"
         "  `sme config --defaults` prints the default config.\n"
         "environment: SME_DEBUG=1 (tracebacks), SME_CACHE_DIR, SME_DISABLE_PLUGIN_AUTOLOAD=1,\n"
         "  SME_DISABLE_PLUGINS=name,... (block single plugins), SME_HEARTBEAT_S.\n"
