@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -218,23 +217,8 @@ def test_disable_single_plugins(monkeypatch):
     assert "standalone" in registry.names("host")
 
 
-def test_config_plugins_key_loads_inline_plugin_modules(tmp_path, capsys):
-    (tmp_path / "my_sme_plugin.py").write_text(textwrap.dedent('''
-        from sme_plugin import hookimpl
-        from sme_plugin.params import StrategyParams
-
-        class Keep:
-            class Params(StrategyParams):
-                pass
-            def __init__(self, params):
-                pass
-            def squeeze(self, mapped, mapper):
-                return mapped
-
-        @hookimpl
-        def sme_register_squeezers(register):
-            register("keep-inline", Keep)
-    '''))
+def test_config_plugins_key_loads_inline_plugin_modules(tmp_path, capsys, write_squeezer_plugin):
+    write_squeezer_plugin("my_sme_plugin", "keep-inline")
     path = write(tmp_path, {"plugins": ["my_sme_plugin"], "squeezer": {"name": "keep-inline"}, **FAST})
     assert main(["validate", path]) == 0
     assert main(["run", path, "--output", str(tmp_path / "out")]) == 0

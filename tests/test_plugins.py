@@ -1,4 +1,3 @@
-import textwrap
 
 import pytest
 
@@ -68,23 +67,8 @@ def test_unknown_name_suggests_closest():
         registry.get("squeezer", "tile-emtpy", "squeezer.name")
 
 
-def test_entry_point_plugin_autoloads_and_can_be_disabled(tmp_path, monkeypatch):
-    (tmp_path / "sme_third_party.py").write_text(textwrap.dedent('''
-        from sme_plugin import hookimpl
-        from sme_plugin.params import StrategyParams
-
-        class Drop:
-            class Params(StrategyParams):
-                pass
-            def __init__(self, params):
-                pass
-            def squeeze(self, mapped, mapper):
-                return mapped
-
-        @hookimpl
-        def sme_register_squeezers(register):
-            register("third-party", Drop)
-    '''))
+def test_entry_point_plugin_autoloads_and_can_be_disabled(tmp_path, monkeypatch, write_squeezer_plugin):
+    write_squeezer_plugin("sme_third_party", "third-party")
     info = tmp_path / "sme_third_party-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: sme-third-party\nVersion: 1.0\n")
