@@ -30,7 +30,13 @@ class Orchestrator(Protocol):
     def orchestrate(self, layers, layouts) -> list:
         """``(list[QuantizedLayer], list[Layout]) -> list[QuantizedLayer]``: denser bit-level sparsity where
         the layout is sparse, exact weights where it is dense. ``per_layer``: layers may be orchestrated one
-        at a time (False: a model-wide budget needs them all at once)."""
+        at a time (False: a model-wide budget needs them all at once).
+
+        Optional, for data-aware orchestrators: an attribute ``needs_inputs`` (absent: False); when True the
+        run calls ``orchestrate(layers, layouts, grams=...)`` with ``grams`` layer name -> (P, N, N) float64
+        ``sum x x^T`` of the layer's im2col inputs on the dataset's calibration inputs
+        (:func:`sme_plugin.activations.input_gram`; None for a dense layout), and a run without a dataset is
+        a ConflictError. Orchestrators without it keep the two-argument call."""
 
 
 class Mapper(Protocol):

@@ -7,7 +7,8 @@ A *problem* holds slots (e.g. segments, or the row blocks whose crossbars tile-e
 offers at most one proposal at a time: its cost per saving (the sort key) and the error it adds. A round
 sorts every open proposal by (cost, slot) and accepts the longest prefix whose added errors fit the
 allowance; the accepted proposals are carried out and their slots offer fresh proposals next round.
-The engine stops when a round accepts nothing.
+The engine stops when a round accepts nothing. A problem may report that the proposals it carried out
+added another error than they proposed (a compensated change): the allowance is charged what they added.
 
 Proposals a round does not accept stay open, unchanged, so a round only asks the problem for the
 proposals of the slots it changed and merges them into the sorted list of open ones: the work per round
@@ -39,8 +40,12 @@ class Problem(Protocol):
         (inf or nan: no proposal); added: the error it adds, charged to the allowance.
         """
 
-    def apply(self, slots: np.ndarray) -> None:
-        """Carry out the current proposals of ``slots`` (int64, ascending)."""
+    def apply(self, slots: np.ndarray) -> float | None:
+        """Carry out the current proposals of ``slots`` (int64, ascending).
+
+        Returns None (the proposals added what they proposed), or the error they actually added together,
+        charged to the allowance instead (e.g. lower, where the problem compensates what it changed; a
+        problem whose accepted proposals interact must return their joint error)."""
 
 
 @dataclass
@@ -94,10 +99,11 @@ class _Open:
             length = min(4 * length, self.cost.size)
         return count, (float(total[count - 1]) if count else 0.0)
 
-    def pop(self, count: int) -> np.ndarray:
-        taken = self.slot[:count]
+    def pop(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(slots, added) of the first ``count`` proposals, removed."""
+        taken, added = self.slot[:count], self.added[:count]
         self.cost, self.slot, self.added = self.cost[count:], self.slot[count:], self.added[count:]
-        return taken
+        return taken, added
 
 
 def spend(problems: Sequence[Problem], allowance: float) -> Spent:
@@ -128,20 +134,26 @@ def spend(problems: Sequence[Problem], allowance: float) -> Spent:
         total = float(pending.added.sum() + added.sum())
         if (added >= 0).all() and (pending.added >= 0).all() and total <= allowance:  # everything fits
             taken, count = np.concatenate([pending.slot, slot.astype(np.int64)]), pending.cost.size + cost.size
+            charged = np.concatenate([pending.added, added])
             pending = _Open()
         else:
             pending.merge(cost, slot.astype(np.int64), added)
             count, total = pending.prefix(allowance)
-            taken = pending.pop(count)
+            taken, charged = pending.pop(count)
         if count == 0:
             return result
-        allowance -= total
-        result.accepted += count
-        result.spent += total
-        taken = np.sort(taken)
+        order = np.argsort(taken, kind="stable")
+        taken, charged = taken[order], charged[order]
         split = np.searchsorted(taken, bases)
+        correction = 0.0  # what the problems report they added beyond (or below) what was charged
         for index, problem in enumerate(problems):
             local = taken[split[index] : split[index + 1]] - bases[index]
             fresh[index] = local.size > 0
             if fresh[index]:
-                problem.apply(local)
+                actual = problem.apply(local)
+                if actual is not None:
+                    correction += float(actual) - float(charged[split[index] : split[index + 1]].sum())
+        total += correction
+        allowance -= total
+        result.accepted += count
+        result.spent += total

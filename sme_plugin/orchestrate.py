@@ -57,11 +57,12 @@ class NoOrchestrator:
         """No parameters."""
 
     per_layer = True
+    needs_inputs = False
 
     def __init__(self, params: Params):
         self.params = params
 
-    def orchestrate(self, layers: list[QuantizedLayer], layouts: list[Layout]) -> list[QuantizedLayer]:
+    def orchestrate(self, layers: list[QuantizedLayer], layouts: list[Layout], grams=None) -> list[QuantizedLayer]:
         return [q.with_weights(q.w_int.copy()) for q in layers]
 
 
@@ -83,11 +84,12 @@ class KBitsOrchestrator:
         rounding: Literal["nearest", "floor", "ceil"] = "nearest"
 
     per_layer = True
+    needs_inputs = False
 
     def __init__(self, params: Params):
         self.params = params
 
-    def orchestrate(self, layers: list[QuantizedLayer], layouts: list[Layout]) -> list[QuantizedLayer]:
+    def orchestrate(self, layers: list[QuantizedLayer], layouts: list[Layout], grams=None) -> list[QuantizedLayer]:
         out = []
         for q, layout in zip(layers, layouts):
             _top(q)
@@ -222,6 +224,7 @@ class _Units:
         bound = self.top - self.offset[np.arange(self.n_units) % self.n_spatial].astype(np.int32)
         self.high_bound = np.where(self.values != 0, bound, np.int32(1 << 30)).min(axis=1, initial=1 << 30)
         del bound
+        self.pins_offsets = False  # segment-offset: a weight at its segment's offset must stay there (u = 0)
 
     @classmethod
     def build(cls, q: QuantizedLayer, layout: Layout, segment: str = "auto") -> _Units:
@@ -236,7 +239,9 @@ class _Units:
         cell_bits = layout.geometry.cell_bits
         groups = -(-encoded_bits(layout.sign, q.bits) // cell_bits)
         # under the ISAAC offset u = 0 means w = -2**(bits-1): a window may never become empty
-        return cls(q, stored, signs, offsets, region, cell_bits, groups, 1 if layout.sign == "offset" else 0)
+        units = cls(q, stored, signs, offsets, region, cell_bits, groups, 1 if layout.sign == "offset" else 0)
+        units.pins_offsets = layout.sign == "segment-offset"
+        return units
 
     def _segment_major(self, array: np.ndarray) -> np.ndarray:
         """(S, P, N, M) -> (S*P*RB*CB, seg_cols*seg_rows): each segment's values in (column, row) order."""
@@ -283,6 +288,17 @@ class _Units:
 
     # -- greedy steps --------------------------------------------------------------------------------
 
+    def narrow(self, chunk: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Narrow the windows of the units ``chunk`` (current values ``current``, (K, L)) to the groups in use.
+
+        Returns the (K, L) group-set id each value uses, the (K, G) segment columns using each group (what
+        dropping it frees) and the (K,) narrowed windows."""
+        used = self._used(current)
+        per_column = np.bitwise_or.reduce(used.reshape(len(chunk), self.seg_cols, self.seg_rows), axis=2)
+        window = self.window[chunk] & np.bitwise_or.reduce(per_column, axis=1)
+        self.window[chunk] = window
+        return used, _unpack(per_column, self.groups).sum(axis=1), window
+
     def drops(self, units: np.ndarray, count_cells: bool = False) -> tuple[np.ndarray, ...]:
         """What dropping each group from each of the ``units``' windows would do.
 
@@ -301,13 +317,9 @@ class _Units:
             done += k
             spatial = chunk % self.n_spatial
             current, values = np.take(self.current, chunk, axis=0), np.take(self.values, chunk, axis=0)
-            used = self._used(current)
+            used, saved[rows], window = self.narrow(chunk, current)
             if count_cells:
                 cells[rows] = _unpack(used, G).sum(axis=1)
-            per_column = np.bitwise_or.reduce(used.reshape(k, self.seg_cols, self.seg_rows), axis=2)
-            saved[rows] = _unpack(per_column, G).sum(axis=1)
-            window = self.window[chunk] & np.bitwise_or.reduce(per_column, axis=1)
-            self.window[chunk] = window
             if tables.delta is not None:
                 key = (window[:, None] << self.n_bits) | values
                 delta = np.take(tables.delta_f32 if self.exact_f32 else tables.delta, key, axis=0)  # (K, L, G)
@@ -502,6 +514,248 @@ class _WindowDrops:
         self.stale = slots
 
 
+def output_error(before: QuantizedLayer, after: QuantizedLayer, gram: np.ndarray) -> tuple[float, float]:
+    """(||X (W' - W)||^2, ||X W||^2) of one layer in real units, from its inputs' second moments ``gram``
+    ((P, N, N) ``sum x x^T`` per part, :func:`sme_plugin.activations.input_gram`); the bias is left out."""
+    gram = np.asarray(gram, dtype=np.float64)
+    change, weight = after.dequantized() - before.dequantized(), before.dequantized()
+    change, weight = (np.broadcast_to(a, before.w_int.shape) for a in (change, weight))
+    return (float(np.einsum("pnm,pnk,pkm->", change, gram, change)),
+            float(np.einsum("pnm,pnk,pkm->", weight, gram, weight)))
+
+
+#: relative damping GPTQ adds to the diagonal of H before inverting it (times its mean diagonal)
+DAMPING = 0.01
+
+
+class _OutputDrops:
+    """The window orchestrator's greedy problem in output-error units over one layer's units.
+
+    A slot per column block (part, ``seg_cols`` columns of the segment region) proposes the cheapest group
+    drop among its units (every sign set and row block): the exact increase of the output error
+    ``sum_m s_m^2 e_m^T H e_m`` (e_m = w'_m - w_m of column m in integer units, H the part's input second
+    moments, s_m its scale) per segment column freed, the unit's current values projected onto the window
+    without the group. Different slots own different columns, so the drops a round accepts add their errors
+    independently. After a drop the slot's columns are refit (``compensate``): a GPTQ-style pass (Frantar et
+    al., 2023) re-quantizes each column from the quantizer's weights row by row, projecting each weight onto
+    its window (:func:`project_weights`) and spreading the rounding error over the rows not yet fixed through
+    the Cholesky factor of ``(H + damping)^-1``; a column keeps the refit only where it lowers its output
+    error, so the allowance is charged the error actually added (:meth:`apply` returns it).
+
+    Windows only lose groups (a unit's window is narrowed to the groups in use before each proposal), so a
+    refit never adds a segment column. Fixed weights: those outside the layer mask (zero) and, under
+    ``segment-offset``, the weights at their segment's offset (u = 0 keeps the mapper's offsets).
+    """
+
+    def __init__(self, units: _Units, gram: np.ndarray, compensate: bool = True):
+        q = units.quantized
+        self.units, self.compensate = units, compensate
+        _, parts, row_blocks, col_blocks = units.blocks
+        rows, cols = units.seg_rows, units.seg_cols
+        _, n, m = q.w_int.shape
+        gram = np.asarray(gram, dtype=np.float64)
+        if gram.shape != (parts, n, n):
+            raise ValueError(f"layer {q.layer.name!r}: input second moments of shape {gram.shape}, expected "
+                             f"{(parts, n, n)}")
+        self.n, self.m = n, m
+        self.size = parts * col_blocks
+        n_pad, m_pad = row_blocks * rows, col_blocks * cols
+        pad = lambda a: np.pad(a, ((0, 0), (0, n_pad - n), (0, m_pad - m)))
+        self.w0 = pad(q.w_int.astype(np.int64))
+        self.w = pad(units.decoded())  # the units' current weights (the quantizer's before any drop)
+        self.offset = pad(units.offset_map.astype(np.int64))
+        mask = pad(q.layer.mask)
+        # fixed weights: outside the mask (zero) and, under segment-offset, those at their segment's offset
+        self.pinned = ~mask | ((self.w0 == self.offset) if units.pins_offsets else False)
+        self.scale2 = np.pad(np.broadcast_to(np.asarray(q.scale, dtype=np.float64), (parts, 1, m))[:, 0] ** 2,
+                             ((0, 0), (0, m_pad - m)))
+        self.gram = gram
+        padded = np.zeros((parts, n_pad, n_pad))
+        padded[:, :n, :n] = gram
+        blocks = padded.reshape(parts, row_blocks, rows, row_blocks, rows)
+        self.h_blocks = np.ascontiguousarray(blocks[:, np.arange(row_blocks), :, np.arange(row_blocks)].transpose(1, 0, 2, 3))
+        self.he = np.zeros((parts, n_pad, m_pad))  # H (w - w0) per part, integer units
+        self.column_error = np.zeros((parts, m_pad))  # s^2 e^T H e of each column, real units
+        w0 = self.w0[:, :n].astype(np.float64)
+        self.norm = float(np.einsum("pnm,pnk,pkm,pm->", w0, gram, w0, self.scale2))
+        # slot l of a unit holds (row rb*rows + l % rows, column cb*cols + l // rows)
+        slot = np.arange(rows * cols)
+        self.slot_row, self.slot_col = slot % rows, slot // rows
+        self.best_unit = np.zeros(self.size, dtype=np.int64)
+        self.best_group = np.zeros(self.size, dtype=np.int64)
+        self.stale = np.arange(self.size)
+        self._factors: dict[int, np.ndarray] = {}
+        for part in range(parts):
+            self._update_columns(part, np.arange(m))
+
+    # -- geometry --------------------------------------------------------------------------------------
+
+    def _units_of(self, slots: np.ndarray) -> np.ndarray:
+        """(k, S*RB) units of each slot (column block), sign set major."""
+        n_sets, parts, row_blocks, col_blocks = self.units.blocks
+        part, block = np.divmod(slots, col_blocks)
+        s, rb = np.arange(n_sets)[:, None], np.arange(row_blocks)[None, :]
+        units = ((s[None] * parts + part[:, None, None]) * row_blocks + rb[None]) * col_blocks + block[:, None, None]
+        return units.reshape(len(slots), -1)
+
+    def _where(self, units: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(set, part, row block, column block) of each unit, and its slots' (K, L) padded rows and columns."""
+        _, _, row_blocks, col_blocks = self.units.blocks
+        sets, spatial = np.divmod(units, self.units.n_spatial)
+        part, rest = np.divmod(spatial, row_blocks * col_blocks)
+        rb, cb = np.divmod(rest, col_blocks)
+        rows = rb[:, None] * self.units.seg_rows + self.slot_row[None]
+        cols = cb[:, None] * self.units.seg_cols + self.slot_col[None]
+        return sets, part, rb, cb, rows, cols
+
+    def _stored(self, units: np.ndarray) -> np.ndarray:
+        """(K, L) stored values of the current weights in the units' slots (the sign scheme's encoding)."""
+        sets, part, _, _, rows, cols = self._where(units)
+        w = self.w[part[:, None], rows, cols]
+        if len(self.units.signs) == 2:  # differential: set 0 the positive magnitudes, set 1 the negative
+            return np.maximum(w * self.units.signs[sets][:, None], 0)
+        return w - self.offset[part[:, None], rows, cols]
+
+    # -- greedy problem ------------------------------------------------------------------------------
+
+    def proposals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        slots, self.stale = self.stale, np.empty(0, dtype=np.int64)
+        units_per_slot = self._units_of(np.arange(1))[0].size
+        per_slot_values = units_per_slot * self.units.values.shape[1] * self.units.groups
+        step = max(1, (8 * CHUNK) // max(per_slot_values, 1))
+        cost, added = np.full(len(slots), np.inf), np.zeros(len(slots))
+        for start in range(0, len(slots), step):
+            chunk = slots[start : start + step]
+            units = self._units_of(chunk).ravel()
+            unit_cost, unit_added = self._price(units)
+            unit_cost = unit_cost.reshape(len(chunk), -1)
+            best = unit_cost.argmin(axis=1)
+            rows = np.arange(len(chunk))
+            cost[start : start + len(chunk)] = unit_cost[rows, best]
+            added[start : start + len(chunk)] = unit_added.reshape(len(chunk), -1)[rows, best]
+            unit, group = np.divmod(best, self.units.groups)
+            self.best_unit[chunk] = units.reshape(len(chunk), -1)[rows, unit]
+            self.best_group[chunk] = group
+        return slots, cost, added
+
+    def _price(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(K, G) cost (output error added per segment column freed; inf: not allowed) and error added of
+        dropping each group from each unit's window (the window narrowed to the groups in use first)."""
+        u, G = self.units, self.units.groups
+        current = np.take(u.current, units, axis=0)
+        _, saved, window = u.narrow(units, current)
+        sets, part, rb, _, rows, cols = self._where(units)
+        offset = np.take(u.offset, units % u.n_spatial, axis=0)
+        masks = np.take(u.tables.mask, window)[:, None] & ~u.group_bits[None, :]  # (K, G)
+        shape = (len(units), G, current.shape[1])
+        candidate, bad = u.project(np.broadcast_to(current[:, None], shape).copy(),
+                                   np.broadcast_to(masks[:, :, None], shape).copy(),
+                                   np.broadcast_to(offset[:, None], shape).copy())
+        change = (candidate.astype(np.int64) - current[:, None]) * u.signs[sets][:, None, None]  # (K, G, L)
+        change = change.reshape(len(units), G, u.seg_cols, u.seg_rows).astype(np.float64)
+        he = self.he[part[:, None], rows, cols].reshape(len(units), u.seg_cols, u.seg_rows)
+        h = self.h_blocks[part, rb]  # (K, R, R)
+        per_column = 2 * np.einsum("kgcr,kcr->kgc", change, he) + np.einsum("kgcr,krq,kgcq->kgc", change, h, change)
+        scale2 = self.scale2[part[:, None], cols[:, :: u.seg_rows]]  # (K, C)
+        added = np.einsum("kgc,kc->kg", per_column, scale2)
+        member = _unpack(window, G)
+        allowed = member & (member.sum(axis=1, keepdims=True) > u.min_groups) & (saved > 0) & ~(bad.any(axis=2))
+        return np.where(allowed, added / np.maximum(saved, 1), np.inf), added
+
+    def apply(self, slots: np.ndarray) -> float:
+        """Drop each slot's proposed group, refit the slot's columns; returns the output error they added."""
+        u = self.units
+        units, groups = self.best_unit[slots], self.best_group[slots]
+        before = self._slot_error(slots)
+        u.window[units] &= ~(np.int32(1) << groups.astype(np.int32))
+        current = np.take(u.current, units, axis=0)
+        masks = np.take(u.tables.mask, u.window[units])[:, None]
+        projected, _ = u.project(current, np.broadcast_to(masks, current.shape).copy(),
+                                 np.take(u.offset, units % u.n_spatial, axis=0))
+        sets, part, _, _, rows, cols = self._where(units)
+        change = (projected.astype(np.int64) - current) * u.signs[sets][:, None]
+        np.add.at(self.w, (np.broadcast_to(part[:, None], rows.shape), rows, cols), change)
+        self.refit(slots)
+        self.stale = slots
+        return self._slot_error(slots) - before
+
+    def _slot_error(self, slots: np.ndarray) -> float:
+        part, block = np.divmod(slots, self.units.blocks[3])
+        cols = block[:, None] * self.units.seg_cols + np.arange(self.units.seg_cols)[None]
+        return float(self.column_error[part[:, None], cols].sum())
+
+    # -- compensation --------------------------------------------------------------------------------
+
+    def _factor(self, part: int) -> np.ndarray:
+        """Upper Cholesky factor U of ``(H + damping I)^-1`` of ``part`` (``H^-1 = U^T U``), cached."""
+        if part not in self._factors:
+            h = self.gram[part]
+            mean = float(np.mean(np.diag(h))) if len(h) else 0.0
+            damping = DAMPING * mean if mean > 0 else 1.0
+            while True:
+                try:
+                    inverse = np.linalg.inv(h + damping * np.eye(len(h)))
+                    self._factors[part] = np.linalg.cholesky((inverse + inverse.T) / 2).T
+                    break
+                except np.linalg.LinAlgError:
+                    damping *= 10
+        return self._factors[part]
+
+    def refit(self, slots: np.ndarray) -> None:
+        """Refit the columns of ``slots`` within their windows (``compensate``; a column keeps the refit only
+        where it lowers its output error), then update their errors and the units' current values."""
+        u = self.units
+        part_of, block_of = np.divmod(slots, u.blocks[3])
+        for part in np.unique(part_of):
+            blocks = block_of[part_of == part]
+            cols = (blocks[:, None] * u.seg_cols + np.arange(u.seg_cols)[None]).ravel()
+            cols = cols[cols < self.m]
+            if self.compensate and len(cols):
+                self._refit_columns(int(part), cols)
+            else:
+                self._update_columns(int(part), cols)
+        units = self._units_of(slots).ravel()
+        u.current[units] = self._stored(units).astype(u.current.dtype)
+
+    def _update_columns(self, part: int, cols: np.ndarray) -> None:
+        n = self.n
+        change = (self.w[part, :n, cols] - self.w0[part, :n, cols]).T.astype(np.float64)  # (N, k)
+        he = self.gram[part] @ change
+        self.he[part, :n, cols] = he.T
+        self.column_error[part, cols] = self.scale2[part, cols] * np.einsum("nk,nk->k", change, he)
+
+    def _refit_columns(self, part: int, cols: np.ndarray) -> None:
+        """GPTQ-style pass over the rows of ``cols`` of ``part``: project each weight onto its window, spread
+        the error over the rows below with the Cholesky factor of H^-1; keep it per column where it is better."""
+        u, n = self.units, self.n
+        n_sets, _, row_blocks, col_blocks = u.blocks
+        factor = self._factor(part)
+        rb, cb = np.arange(n) // u.seg_rows, cols // u.seg_cols
+        spatial = (part * row_blocks + rb[:, None]) * col_blocks + cb[None, :]  # (N, k)
+        masks = np.stack([np.take(u.tables.mask, u.window[s * u.n_spatial + spatial]) for s in range(n_sets)])
+        masks = masks.astype(np.int64)
+        offset, pinned = self.offset[part, :n][:, cols], self.pinned[part, :n][:, cols]
+        w0, current = self.w0[part, :n][:, cols], self.w[part, :n][:, cols]
+        target = w0.astype(np.float64)
+        out = np.empty_like(current)
+        for i in range(n):
+            x = target[i]
+            weight, infeasible = project_weights(x, masks[:, i], offset[i], u.top, u.n_bits)
+            weight = np.where(pinned[i], w0[i], np.where(infeasible, current[i], weight))
+            out[i] = weight
+            if i + 1 < n:
+                target[i + 1 :] -= np.outer(factor[i, i + 1 :], (x - weight) / factor[i, i])
+        old = self.scale2[part, cols] * np.einsum("nk,nk->k", current - w0, self.gram[part] @ (current - w0))
+        new = self.scale2[part, cols] * np.einsum("nk,nk->k", out - w0, self.gram[part] @ (out - w0))
+        better = new < old
+        self.w[part, :n, cols[better]] = out[:, better].T
+        self._update_columns(part, cols)
+
+    def weights(self) -> np.ndarray:
+        """(P, N, M) int64 current weights."""
+        return np.ascontiguousarray(self.w[:, : self.n, : self.m])
+
+
 class WindowOrchestrator:
     """Keep a window of cell groups per (segment, sign set), in the encoded domain of the mapper's sign scheme.
 
@@ -530,6 +784,15 @@ class WindowOrchestrator:
             Largest relative weight error ``||scale (w' - w)|| / ||scale w||`` in ``budget`` mode.
         scope : {"layer", "model"}
             Whether ``budget`` holds per layer or over all layers together.
+        error : {"weight", "output"}
+            What ``budget`` bounds: the relative weight error, or the relative output error on the
+            calibration inputs ``||X (W' - W)|| / ||X W||`` (X: each layer's im2col inputs; the run hands
+            their second moments over, so it needs a dataset). ``output`` prices each drop by the output
+            error it adds per crossbar column freed and refits the dropped columns' weights within their
+            windows (``compensate``); in ``fixed`` mode it refits every column within the fixed windows.
+        compensate : bool
+            With ``error: output``: after each drop, refit the affected columns' integer weights within
+            their windows (GPTQ-style, second order on the input second moments); False: plain projection.
         """
 
         segment: Literal["auto", "tile", "column", "ou"] = "auto"
@@ -537,9 +800,16 @@ class WindowOrchestrator:
         planes: int = Field(2, ge=1, le=16)
         budget: float = Field(0.05, ge=0, le=1)
         scope: Literal["layer", "model"] = "layer"
+        error: Literal["weight", "output"] = "weight"
+        compensate: bool = True
 
     def __init__(self, params: Params):
         self.params = params
+
+    @property
+    def needs_inputs(self) -> bool:
+        """Whether :meth:`orchestrate` needs the layers' input second moments (``grams``)."""
+        return self.params.error == "output"
 
     @property
     def per_layer(self) -> bool:
@@ -552,14 +822,23 @@ class WindowOrchestrator:
         placements = (np.arange(groups) >= start) & (np.arange(groups) < start + planes)  # (placements, G)
         units.set_windows(placements[units.errors_of_windows(placements).argmin(axis=0)])
 
-    def orchestrate(self, layers: list[QuantizedLayer], layouts: list[Layout]) -> list[QuantizedLayer]:
+    def orchestrate(self, layers: list[QuantizedLayer], layouts: list[Layout],
+                    grams: dict[str, np.ndarray] | None = None) -> list[QuantizedLayer]:
         """Windowed weights of the layers with a sparse layout; layers with a dense one stay exact.
 
+        grams: layer name -> (P, N, N) second moments of its im2col inputs on calibration data
+        (:func:`sme_plugin.activations.input_gram`), needed with ``error: output`` for every sparse layer.
         Per-layer work (``fixed`` mode, or ``budget`` with ``scope: layer``) runs one layer at a time, so
         only one layer's working state is held; ``scope: model`` holds every sparse layer's state."""
         sparse = [i for i, layout in enumerate(layouts) if layout.sparse]
         out = [None if layout.sparse else q.with_weights(q.w_int.copy()) for q, layout in zip(layers, layouts)]
         build = lambda i: _Units.build(layers[i], layouts[i], self.params.segment)
+        if self.params.error == "output":
+            missing = [layers[i].layer.name for i in sparse if (grams or {}).get(layers[i].layer.name) is None]
+            if missing:
+                raise ConflictError(f"error: output needs the input second moments of layers {missing} "
+                                    f"(calibration inputs: configure a dataset)")
+            return self._orchestrate_output(layers, sparse, out, build, grams)
         if self.params.mode == "budget" and self.params.scope == "model":
             problems = [build(i) for i in sparse]
             norm = sum(_squared_norm(q) for q in layers)
@@ -575,6 +854,31 @@ class WindowOrchestrator:
                 spend([_WindowDrops(units)], self.params.budget**2 * _squared_norm(layers[i]))
             out[i] = layers[i].with_weights(units.decoded())
             del units
+        return out
+
+    def _orchestrate_output(self, layers, sparse, out, build, grams):
+        """``error: output``: budget mode spends the output-error allowance (per layer or model-wide) on
+        group drops priced per column freed, refitting as it goes; fixed mode refits within its windows."""
+        problem = lambda i, units: _OutputDrops(units, grams[layers[i].layer.name], self.params.compensate)
+        if self.params.mode == "budget" and self.params.scope == "model":
+            problems = [problem(i, build(i)) for i in sparse]
+            spend(problems, self.params.budget**2 * sum(p.norm for p in problems))
+            for i, drops in zip(sparse, problems):
+                out[i] = layers[i].with_weights(drops.weights())
+            return out
+        for i in sparse:
+            units = build(i)
+            if self.params.mode == "fixed":
+                self._fixed(units)
+                drops = problem(i, units)
+                everything = np.arange(units.n_units)
+                units.narrow(everything, units.current)  # the refit keeps to the groups the windows use
+                drops.refit(np.arange(drops.size))
+            else:
+                drops = problem(i, units)
+                spend([drops], self.params.budget**2 * drops.norm)
+            out[i] = layers[i].with_weights(drops.weights())
+            del units, drops
         return out
 
 
