@@ -11,12 +11,20 @@ out of the test data and says how many (``details["calibration_held_out"]``).
 - ``fashion_mnist``: the Debian package ``dataset-fashion-mnist`` (60,000 train + 10,000 test 28x28
   grayscale images, IDX files read in chunks straight from their gzip streams).
 - ``folder``: a user's ImageFolder-style tree (one subfolder per class; images read with Pillow).
+- ``imagenet_samples``: the 20 labelled ImageNet photos shipped in PyPI ``foolbox`` 3.3.4 (no training split:
+  calibration photos are held out of the 20 and reported); class names from Debian ``opencv-doc`` when
+  installed.
+- ``photos``: every natural photo the offline packages ship (foolbox's ImageNet photos, scikit-learn's
+  sample images, scikit-image's when installed), unlabelled: accuracy becomes top-1 agreement with the
+  float model (:attr:`~sme_plugin.types.Dataset.labelled` False).
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -43,6 +51,18 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Ankle boot")
 #: file suffixes the ``folder`` dataset reads as images.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp"})
+#: the 20 labelled ImageNet photos of PyPI ``foolbox`` (``foolbox/data/imagenet_NN_<label>.jpg``, 512x512 RGB).
+FOOLBOX_INSTALL = "pip install --no-deps foolbox==3.3.4"
+IMAGENET_FILE = re.compile(r"imagenet_(\d+)_(\d+)\.(?:jpe?g|png)", re.IGNORECASE)
+#: ImageNet-1k class names in the standard order (Debian ``opencv-doc``; optional: names only).
+IMAGENET_CLASSES_FILE = "/usr/share/doc/opencv-doc/examples/data/dnn/classification_classes_ILSVRC2012.txt"
+IMAGENET_CLASSES_INSTALL = "apt-get install -y opencv-doc"
+#: scikit-image's shipped natural colour photos (others in ``skimage/data`` are grayscale, synthetic,
+#: microscopy or astronomy); used when scikit-image is installed.
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
+PHOTO_SOURCES = ("foolbox", "sklearn", "skimage", "foolbox_cifar")
+PHOTO_INSTALL = {"foolbox": FOOLBOX_INSTALL, "foolbox_cifar": FOOLBOX_INSTALL,
+                 "sklearn": "pip install scikit-learn", "skimage": "pip install scikit-image"}
 #: records read from a gzip stream at a time.
 _CHUNK = 4096
 
@@ -330,7 +350,7 @@ def _read_images(files, channels: int, preprocess):
         yield (x if preprocess is None else preprocess(x)), file
 
 
-def _stack(images):
+def _stack(images, dataset: str = "folder"):
     """Concatenate (1, C, H, W) batches; one clear error when their sizes differ."""
     import torch
 
@@ -338,7 +358,7 @@ def _stack(images):
     if len(shapes) > 1:
         (x0, f0), other = images[0], next((x, f) for x, f in images if x.shape != images[0][0].shape)
         raise ConfigError(
-            f"dataset folder: images of different sizes ({f0.name}: {tuple(x0.shape[1:])}, {other[1].name}: "
+            f"dataset {dataset}: images of different sizes ({f0.name}: {tuple(x0.shape[1:])}, {other[1].name}: "
             f"{tuple(other[0].shape[1:])}) and the model's preprocess does not resize them; resize the images "
             "or use a model with a resizing preprocess (e.g. model: {name: module, ...})")
     return torch.cat([x for x, _ in images])
@@ -422,8 +442,207 @@ class FolderDataset:
         )
 
 
+# ------------------------------------------------------------------------------------ packaged photos
+def package_dir(package: str) -> Path | None:
+    """Folder of an installed top-level package, found without importing it (None: not installed)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else None
+
+
+def imagenet_photo_files(root: str | os.PathLike | None = None) -> tuple[list[Path], np.ndarray]:
+    """(files, labels) of the labelled ImageNet photos ``imagenet_NN_<label>.jpg`` in ``root`` (None: the
+    ``data`` folder of the installed ``foolbox`` package), in file-number order; :class:`InputError`
+    naming the install command when there are none."""
+    if root is None:
+        folder = package_dir("foolbox")
+        if folder is None:
+            raise InputError(f"the foolbox package (its 20 ImageNet photos) is not installed; install it with: "
+                             f"{FOOLBOX_INSTALL}")
+        folder = folder / "data"
+    else:
+        folder = Path(root).expanduser()
+    found = sorted((int(m[1]), int(m[2]), f) for f in (folder.iterdir() if folder.is_dir() else ())
+                   if (m := IMAGENET_FILE.fullmatch(f.name)) and f.is_file())
+    if not found:
+        hint = FOOLBOX_INSTALL if root is None else f"{FOOLBOX_INSTALL} (or fix dataset.root)"
+        raise InputError(f"no ImageNet photos (imagenet_NN_<label>.jpg) in {str(folder)!r}; install them with: {hint}")
+    return [f for _, _, f in found], np.asarray([label for _, label, _ in found], dtype=np.int64)
+
+
+def imagenet_class_names(path: str | os.PathLike | None = None) -> tuple[str, ...] | None:
+    """The 1,000 ImageNet class names in label order from ``path`` (None: Debian ``opencv-doc``'s list when
+    installed, else no names); a given path must hold 1,000 lines."""
+    file = Path(path).expanduser() if path is not None else Path(IMAGENET_CLASSES_FILE)
+    try:
+        names = tuple(line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip())
+    except (OSError, UnicodeDecodeError) as error:
+        if path is None:
+            return None
+        raise InputError(f"dataset.class_names: {str(file)!r} cannot be read: {error}") from None
+    if len(names) != 1000:
+        if path is None:
+            return None
+        raise InputError(f"dataset.class_names: {str(file)!r} holds {len(names)} class names, not ImageNet's 1000")
+    return names
+
+
+def photo_files(source: str) -> list[Path] | None:
+    """The natural photos a package ships (None: the package is not installed)."""
+    if source in ("foolbox", "foolbox_cifar"):
+        folder = package_dir("foolbox")
+        if folder is None:
+            return None
+        if source == "foolbox":
+            return imagenet_photo_files(folder / "data")[0]
+        return sorted(f for f in (folder / "data").glob("cifar*_*.png") if f.is_file())
+    if source == "sklearn":
+        folder = package_dir("sklearn")
+        return None if folder is None else sorted((folder / "datasets" / "images").glob("*.jpg"))
+    folder = package_dir("skimage")
+    return None if folder is None else [folder / "data" / n for n in SKIMAGE_PHOTOS if (folder / "data" / n).is_file()]
+
+
+def _hold_out(size: int, calibration: int, samples: int | None, rng: np.random.Generator, what: str):
+    """(calibration indices, test indices), both sorted: ``calibration`` of ``size`` items held out, the
+    test subset (capped to ``samples``) drawn from the rest."""
+    if calibration >= size:
+        raise ConfigError(f"dataset.calibration: {calibration} images to hold out for calibration, but {what} has "
+                          f"only {size} (at least one must remain for testing)")
+    order = rng.permutation(size)
+    remaining = np.sort(order[calibration:])
+    return np.sort(order[:calibration]), remaining[_pick(len(remaining), samples, rng)]
+
+
+def _photo_dataset(name: str, files: list[Path], labels: np.ndarray, calibration: list[Path], **kwargs) -> Dataset:
+    """A dataset streaming the RGB photos ``files`` (labels ``labels``) and ``calibration`` image by image."""
+    import torch
+
+    from .types import Batches, Dataset
+
+    def read_test(batch_size, preprocess):
+        for start in range(0, len(files), batch_size):
+            images = list(_read_images(files[start : start + batch_size], 3, preprocess))
+            yield _stack(images, name), torch.from_numpy(labels[start : start + batch_size])
+
+    def read_calibration(batch_size, preprocess):
+        for start in range(0, len(calibration), batch_size):
+            yield _stack(list(_read_images(calibration[start : start + batch_size], 3, preprocess)), name)
+
+    return Dataset(name, Batches(read_test, len(files)), Batches(read_calibration, len(calibration)), **kwargs)
+
+
+class ImageNetSamplesDataset:
+    """The 20 labelled ImageNet photos of PyPI ``foolbox`` 3.3.4 (512x512 RGB, label in the file name).
+    There is no training split: ``calibration`` photos are held out of the 20 (reported) and the rest are
+    the test set. A demonstration of accuracy on real photos (one photo is 5-6 points), not a benchmark."""
+
+    class Params(StrategyParams):
+        """
+        Parameters
+        ----------
+        root : str or None
+            Folder of ``imagenet_NN_<label>.jpg`` files (None: the installed foolbox package's ``data``).
+        class_names : str or None
+            File of the 1,000 class names, one per line in label order (None: Debian ``opencv-doc``'s list
+            when installed, else unnamed classes).
+        samples : int or None
+            Cap on the number of test photos (a seeded subset of those not held out).
+        calibration : int
+            Photos held out of the 20 for activation and ADC calibration.
+        seed : int
+            Seed of the hold-out and of the capped test subset.
+        """
+
+        root: str | None = Field(None, min_length=1, max_length=4096)
+        class_names: str | None = Field(None, min_length=1, max_length=4096)
+        samples: int | None = Field(None, ge=1)
+        calibration: int = Field(4, ge=1, le=1_000)
+        seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    def load(self) -> Dataset:
+        p = self.params
+        files, labels = imagenet_photo_files(p.root)
+        _pillow()
+        calibration, test = _hold_out(len(files), p.calibration, p.samples, np.random.default_rng(p.seed),
+                                      f"{len(files)} ImageNet photos")
+        classes = imagenet_class_names(p.class_names)
+        names_from = (p.class_names or IMAGENET_CLASSES_FILE) if classes else \
+            f"not installed ({IMAGENET_CLASSES_INSTALL} names the classes)"
+        return _photo_dataset(
+            "imagenet_samples", [files[i] for i in test], labels[test], [files[i] for i in calibration],
+            classes=classes,
+            details={"source": str(files[0].parent), "images": len(files), "calibration_from": "held out of the photos",
+                     "calibration_held_out": len(calibration), "class_names": names_from},
+        )
+
+
+class PhotosDataset:
+    """Every natural photo the offline packages ship, unlabelled: each accuracy becomes top-1 agreement with
+    the float model. ``calibration`` photos are held out (reported); the rest are the test set."""
+
+    class Params(StrategyParams):
+        """
+        Parameters
+        ----------
+        sources : list of str or None
+            Packages to take photos from: ``foolbox`` (20 ImageNet photos, 512x512), ``sklearn`` (china.jpg,
+            flower.jpg), ``skimage`` (astronaut, chelsea, coffee, rocket, motorcycle), ``foolbox_cifar``
+            (40 CIFAR-10/100 photos, 32x32). None: foolbox and sklearn (required) and skimage when
+            installed. A source named here must be installed.
+        samples : int or None
+            Cap on the number of test photos (a seeded subset of those not held out).
+        calibration : int
+            Photos held out for activation and ADC calibration.
+        seed : int
+            Seed of the hold-out and of the capped test subset.
+        """
+
+        sources: list[Literal["foolbox", "sklearn", "skimage", "foolbox_cifar"]] | None = Field(None, min_length=1)
+        samples: int | None = Field(None, ge=1)
+        calibration: int = Field(4, ge=1, le=1_000)
+        seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    def load(self) -> Dataset:
+        p = self.params
+        wanted = list(dict.fromkeys(p.sources)) if p.sources else ["foolbox", "sklearn", "skimage"]
+        optional = set() if p.sources else {"skimage"}
+        files, counts, missing = [], {}, []
+        for source in wanted:
+            found = photo_files(source)
+            if found is None and source not in optional:
+                raise InputError(f"dataset photos: source {source!r} is not installed; install it with: "
+                                 f"{PHOTO_INSTALL[source]}")
+            if found is None:
+                missing.append(f"{source} (not installed: {PHOTO_INSTALL[source]})")
+                continue
+            counts[source] = len(found)
+            files += found
+        _pillow()
+        calibration, test = _hold_out(len(files), p.calibration, p.samples, np.random.default_rng(p.seed),
+                                      f"the {len(files)} photos of {', '.join(counts)}")
+        return _photo_dataset(
+            "photos", [files[i] for i in test], np.full(len(test), -1, dtype=np.int64),
+            [files[i] for i in calibration], labelled=False,
+            details={"sources": counts, **({"sources_missing": missing} if missing else {}), "images": len(files),
+                     "labels": "none: accuracy is top-1 agreement with the float model",
+                     "calibration_from": "held out of the photos", "calibration_held_out": len(calibration)},
+        )
+
+
 @hookimpl
 def sme_register_datasets(register):
     register("digits", DigitsDataset)
     register("fashion_mnist", FashionMNISTDataset)
     register("folder", FolderDataset)
+    register("imagenet_samples", ImageNetSamplesDataset)
+    register("photos", PhotosDataset)

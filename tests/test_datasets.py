@@ -29,7 +29,8 @@ def test_registered_under_digits():
     found = {}
     datasets.sme_register_datasets(register=found.__setitem__)
     assert found == {"digits": DigitsDataset, "fashion_mnist": datasets.FashionMNISTDataset,
-                     "folder": datasets.FolderDataset}
+                     "folder": datasets.FolderDataset, "imagenet_samples": datasets.ImageNetSamplesDataset,
+                     "photos": datasets.PhotosDataset}
 
 
 def test_shapes_dtypes_and_normalisation():
