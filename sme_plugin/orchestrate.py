@@ -792,7 +792,9 @@ class WindowOrchestrator:
             windows (``compensate``); in ``fixed`` mode it refits every column within the fixed windows.
         compensate : bool
             With ``error: output``: after each drop, refit the affected columns' integer weights within
-            their windows (GPTQ-style, second order on the input second moments); False: plain projection.
+            their windows (GPTQ-style, second order on the input second moments); False (default):
+            plain projection. Off by default: on digits the greedy spends what compensation saves on
+            further drops that free no crossbar, and accuracy falls (see the issue-6 note).
         """
 
         segment: Literal["auto", "tile", "column", "ou"] = "auto"
@@ -801,7 +803,7 @@ class WindowOrchestrator:
         budget: float = Field(0.05, ge=0, le=1)
         scope: Literal["layer", "model"] = "layer"
         error: Literal["weight", "output"] = "weight"
-        compensate: bool = True
+        compensate: bool = False
 
     def __init__(self, params: Params):
         self.params = params

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, short
-from .errors import ConfigError, InputError
+from .errors import ConfigError, ConflictError, InputError
 from .flow import LayerFlow, baseline_mappers, section
 from .plugins import Registry
 
@@ -76,6 +76,8 @@ def probe(config: Config, registry: Registry, stages: dict) -> None:
         q = stages["quantizer"].quantize(layer)
     flow = LayerFlow(stages["orchestrator"], stages["mapper"], stages["squeezer"],
                      baseline_mappers(registry, config.crossbar.baseline_sign), geometry)
+    if getattr(stages["orchestrator"], "needs_inputs", False) and stages.get("dataset") is None:
+        raise ConflictError("orchestrator.error: output needs a dataset (calibration inputs)")
     layout = flow.layout(q)
     flow.map(q, flow.orchestrate([q], [layout])[0], layout)
 

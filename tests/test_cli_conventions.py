@@ -75,6 +75,7 @@ def test_plugins_json_and_params(capsys):
     ({"quantizer": {"bits": 2}, "orchestrator": {"name": "kbits", "k": 2}}, "error: orchestrator: "),
     ({"mapper": {"name": "sme", "cols": 4}}, "error: mapper (baseline isaac): "),
     ({"model": {"name": "digits", "weights": "/nonexistent/w.pt"}}, "error: model.weights: "),
+    ({"orchestrator": {"name": "window", "error": "output"}}, "error: orchestrator.error: output needs a dataset"),
 ])
 def test_validate_rejects_what_run_rejects(tmp_path, capsys, data, expected):
     code = main(["validate", write(tmp_path, {**data, "dataset": None})])

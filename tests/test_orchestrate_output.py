@@ -156,7 +156,7 @@ def test_compensation_lowers_the_output_error_at_the_same_windows(sign):
     q = make_q(shape=(1, 32, 8), seed=5)
     lay = layout(q, GEOMETRY, sign=sign, packing="ou")
     gram = random_gram(q.w_int.shape, seed=6)
-    out = window(budget=0.2, error="output").orchestrate([q], [lay], grams={"layer": gram})[0]
+    out = window(budget=0.2, error="output", compensate=True).orchestrate([q], [lay], grams={"layer": gram})[0]
     patterns = allowed_patterns(out, lay)  # the windows the compensated weights ended in
     plain, infeasible = project_weights(q.w_int, patterns.masks, patterns.offset, patterns.top, patterns.n_bits)
     plain = np.where(infeasible | ~q.layer.mask, out.w_int, plain)
