@@ -15,13 +15,6 @@ import numpy as np
 ROUNDINGS = ("nearest", "floor", "ceil")
 
 
-def group_bitmask(allowed: np.ndarray, cell_bits: int) -> np.ndarray:
-    """(..., G) bool allowed cell groups -> (...) int64 mask of the bits those groups hold."""
-    groups = allowed.shape[-1]
-    per_group = ((1 << cell_bits) - 1) << (cell_bits * np.arange(groups, dtype=np.int64))
-    return (allowed.astype(np.int64) * per_group).sum(axis=-1)
-
-
 class _NumpyOps:
     """The few array operations :func:`_project_bitwise` needs, for numpy arrays."""
 
@@ -91,11 +84,6 @@ def _torch_table(table: np.ndarray, device):
 
 
 _TORCH_TABLES: dict = {}
-
-
-def _highest_bit(values: np.ndarray) -> np.ndarray:
-    """Index of the highest set bit of each positive value (exact below 2**53)."""
-    return _NumpyOps.highest_bit(values)
 
 
 def _project_bitwise(values, mask, rounding: str, ops=_NumpyOps):
