@@ -167,6 +167,11 @@ def _tradeoff(report: dict, baseline: str = "isaac") -> str:
     return f"Trade-off: against {baseline}, SME takes {', '.join(worse)}."
 
 
+def _metric_column(accuracy: dict) -> str:
+    """Header of the accuracy column: top-1 accuracy, or top-1 agreement with the float model on unlabelled data."""
+    return "agreement with float %" if "agreement" in (accuracy.get("metric") or "") else "accuracy %"
+
+
 def _headline(report: dict, labels: list[str]) -> str:
     """One row per mapping: crossbars, reduction, reads, ADC conversions and bits, energy (analog and
     digital), latency, area and simulated accuracy, so a saving on one axis shows its cost on the others."""
@@ -179,7 +184,7 @@ def _headline(report: dict, labels: list[str]) -> str:
                      _fmt(c["energy_uj"]), f"{_fmt(c['energy_analog_uj'])} / {_fmt(c['energy_digital_uj'])}",
                      _fmt(c["latency_us"]), _fmt(c["area_mm2"]), _fmt(acc.get(label))])
     return _table(["mapping", "crossbars", "SME saves", "reads", "ADC conversions", "ADC bits (lossless / used)",
-                   "energy µJ", "analog / digital µJ", "latency µs", "area mm²", "accuracy %"], rows)
+                   "energy µJ", "analog / digital µJ", "latency µs", "area mm²", _metric_column(acc)], rows)
 
 
 def markdown(report: dict, extra_sections=()) -> str:

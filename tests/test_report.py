@@ -32,3 +32,8 @@ def test_headline_has_a_row_per_mapping_with_costs_and_accuracy():
     assert table[0].startswith("| mapping | crossbars | SME saves | reads | ADC conversions")
     assert table[2].startswith("| isaac | 20 | 2.00x |") and table[2].endswith("| 99 |")
     assert table[3].startswith("| sme | 10 | — |") and table[3].endswith("| 98.5 |")
+
+
+def test_unlabelled_data_reports_agreement():
+    report = {**REPORT, "accuracy": {**REPORT["accuracy"], "metric": "top-1 agreement with the float model"}}
+    assert _headline(report, ["isaac", "sme"]).splitlines()[0].endswith("| agreement with float % |")
