@@ -65,10 +65,5 @@ def input_gram(model: nn.Module, layers, inputs, batch_size: int = 256) -> dict[
 
         return record
 
-    handles = [module.register_forward_pre_hook(hook(name)) for name, module in modules.items()]
-    try:
-        run_batches(model, inputs, batch_size)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_batches(model, inputs, batch_size, pre_hooks={module: hook(name) for name, module in modules.items()})
     return {name: gram.numpy() for name, gram in grams.items()}

@@ -310,12 +310,7 @@ def output_errors(simulated: torch.nn.Module, reference: torch.nn.Module, names,
 
         return record
 
-    handles = [simulated_layers[name].register_forward_hook(hook(name)) for name in names]
-    try:
-        run_batches(simulated, inputs, batch_size)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_batches(simulated, inputs, batch_size, hooks={simulated_layers[name]: hook(name) for name in names})
     return {name: round((error / norm) ** 0.5, 6) if norm else 0.0 for name, (error, norm) in totals.items()}
 
 

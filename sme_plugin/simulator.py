@@ -93,12 +93,22 @@ def input_batches(inputs, batch_size: int = 256):
     return inputs.split(batch_size) if isinstance(inputs, torch.Tensor) else inputs
 
 
-def run_batches(model: nn.Module, inputs, batch_size: int = 256) -> None:
+def run_batches(model: nn.Module, inputs, batch_size: int = 256, pre_hooks: dict | None = None,
+                hooks: dict | None = None) -> None:
     """Run ``inputs`` (a tensor or input batches, see :func:`input_batches`) through ``model`` without
-    gradients, for what its hooks or calibrating layers record."""
-    with torch.no_grad():
-        for batch in input_batches(inputs, batch_size):
-            model(batch)
+    gradients, for what its calibrating layers or the given hooks record.
+
+    pre_hooks / hooks: submodule -> ``fn(module, args)`` / ``fn(module, args, output)``, registered for the
+    run only (torch forward pre-hooks / forward hooks)."""
+    handles = [m.register_forward_pre_hook(fn) for m, fn in (pre_hooks or {}).items()]
+    handles += [m.register_forward_hook(fn) for m, fn in (hooks or {}).items()]
+    try:
+        with torch.no_grad():
+            for batch in input_batches(inputs, batch_size):
+                model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def calibrate_activations(model: nn.Module, layer_names, inputs, batch_size: int = 256) -> dict[str, float]:
@@ -113,12 +123,7 @@ def calibrate_activations(model: nn.Module, layer_names, inputs, batch_size: int
 
         return record
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
-    try:
-        run_batches(model, inputs, batch_size)
-    finally:
-        for h in handles:
-            h.remove()
+    run_batches(model, inputs, batch_size, pre_hooks={m: hook(n) for n, m in modules.items()})
     return peaks
 
 
