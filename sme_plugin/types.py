@@ -291,8 +291,8 @@ Reader = Callable[[int, "Preprocess | None"], Iterator]
 @dataclass(frozen=True)
 class Batches:
     """A re-iterable stream of batches: every ``iter()`` reads the data again from its start, so a split is
-    never held in memory as a whole. Test splits yield ``(inputs, labels)``, calibration splits ``inputs``;
-    inputs (b, C, H, W) float32 (after ``preprocess``), labels (b,) int64.
+    never held in memory as a whole. Test and train splits yield ``(inputs, labels)``, calibration splits
+    ``inputs``; inputs (b, C, H, W) float32 (after ``preprocess``), labels (b,) int64.
 
     samples: number of samples the stream yields; batch_size: samples per batch (the last may be smaller).
     """
@@ -329,11 +329,14 @@ class Batches:
 
 @dataclass
 class Dataset:
-    """Labelled test data and unlabelled calibration data, streamed in batches.
+    """Labelled test data, unlabelled calibration data and (optionally) labelled training data, streamed in
+    batches.
 
-    test: (inputs, labels) batches for accuracy. calibration: input batches for activation and ADC
-    ranges, drawn from training data, or held out of the test data where there is no training split
-    (never both: ``details["calibration_held_out"]`` says how many were held out).
+    test: (inputs, labels) batches for accuracy. calibration: input batches for activation and ADC ranges,
+    drawn from training data, or held out of the test data where there is no training split (never both:
+    ``details["calibration_held_out"]`` says how many were held out). train: (inputs, labels) batches of
+    training data for fine-tuning (``finetune.data: train``), disjoint from ``test`` and holding the
+    calibration samples; None where the dataset has no labelled training data.
     classes: class names by label index (None: unnamed). details: facts for the report (source,
     splits, preprocessing), JSON-serialisable. labelled: False for photos without labels (their test
     labels are placeholders, -1): accuracy is then top-1 agreement with the float model's predictions.
@@ -345,14 +348,17 @@ class Dataset:
     classes: tuple | None = None
     details: dict = field(default_factory=dict)
     labelled: bool = True
+    train: Batches | None = None
 
     def with_preprocess(self, preprocess: Preprocess | None) -> "Dataset":
         """The same data, with every sample passed through a model's ``preprocess``."""
         return replace(self, test=replace(self.test, preprocess=preprocess),
-                       calibration=replace(self.calibration, preprocess=preprocess))
+                       calibration=replace(self.calibration, preprocess=preprocess),
+                       train=None if self.train is None else replace(self.train, preprocess=preprocess))
 
     @classmethod
-    def of_tensors(cls, name: str, test_inputs, test_labels, calibration_inputs, **kwargs) -> "Dataset":
-        """A dataset of in-memory tensors (small data, tests, third-party plugins)."""
+    def of_tensors(cls, name: str, test_inputs, test_labels, calibration_inputs, train=None, **kwargs) -> "Dataset":
+        """A dataset of in-memory tensors (small data, tests, third-party plugins); train: None or the tensors
+        (inputs, labels) of a training split."""
         return cls(name, Batches.of_tensors(test_inputs, test_labels), Batches.of_tensors(calibration_inputs),
-                   **kwargs)
+                   train=None if train is None else Batches.of_tensors(*train), **kwargs)
