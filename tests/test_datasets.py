@@ -56,6 +56,19 @@ def test_split_is_fixed_stratified_and_disjoint_in_size():
     assert torch.equal(digits_train()[0], x_train)
 
 
+def test_train_split_is_labelled_disjoint_from_test_and_holds_calibration():
+    data = DigitsDataset(DigitsDataset.Params(calibration=100)).load()
+    x_train, y_train = (torch.cat(parts) for parts in zip(*data.train.batched(500)))
+    assert data.train.samples == len(x_train) == 1257 and len(data.train.batched(500)) == 3
+    assert x_train.shape == (1257, 1, 8, 8) and x_train.dtype == torch.float32 and y_train.dtype == torch.int64
+    assert torch.equal(x_train, digits_train()[0]) and torch.equal(y_train, digits_train()[1])
+    assert np.bincount(y_train.numpy(), minlength=10).min() > 100  # every class, with its labels
+    loaded, train = Loaded(data), {x.numpy().tobytes() for x in x_train}
+    assert len(train) == 1257 and not train & {x.numpy().tobytes() for x in loaded.test_inputs}
+    assert {x.numpy().tobytes() for x in loaded.calibration_inputs} <= train
+    assert data.details["train_from"] == "train split"
+
+
 def test_calibration_draw_is_seeded():
     a, b, c = load(seed=1), load(seed=1), load(seed=2)
     assert torch.equal(a.calibration_inputs, b.calibration_inputs)
@@ -94,3 +107,5 @@ def test_preprocess_applies_to_every_streamed_sample():
     assert torch.equal(torch.cat([x for x, _ in doubled.test]), 2 * torch.cat([x for x, _ in data.test]) + 1)
     assert torch.equal(torch.cat(list(doubled.calibration)), 2 * torch.cat(list(data.calibration)) + 1)
     assert torch.equal(torch.cat([y for _, y in doubled.test]), torch.cat([y for _, y in data.test]))
+    (x_train, y_train), (x_doubled, y_doubled) = next(iter(data.train)), next(iter(doubled.train))
+    assert torch.equal(x_doubled, 2 * x_train + 1) and torch.equal(y_doubled, y_train)

@@ -77,6 +77,22 @@ def test_fashion_mnist_streams_test_split_and_calibrates_from_train(tmp_path):
     assert data.details["calibration_held_out"] == 0 and data.classes[0] == "T-shirt/top"
 
 
+def test_fashion_mnist_streams_the_labelled_train_split(tmp_path):
+    arrays = fake_fashion_mnist(tmp_path)
+    data = fashion(tmp_path, samples=10, calibration=40)
+    assert data.train.samples == 300 and data.details["train_from"] == "train split"
+    batches = list(data.train.batched(128))
+    assert [len(y) for _, y in batches] == [128, 128, 44]
+    x, y = (torch.cat(parts) for parts in zip(*batches))
+    assert torch.equal(x, torch.from_numpy(arrays["train"][0])[:, None] / 255.0)
+    assert torch.equal(y, torch.from_numpy(arrays["train"][1])) and y.dtype == torch.int64
+    x_pre, y_pre = next(iter(data.with_preprocess(ImageTransform((3, 32, 32))).train))
+    assert x_pre.shape == (256, 3, 32, 32) and torch.equal(y_pre, y[:256])
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", arrays["train"][1][:299])
+    with pytest.raises(InputError, match="disagree in length"):
+        fashion(tmp_path)
+
+
 def test_fashion_mnist_samples_and_calibration_are_seeded(tmp_path):
     arrays = fake_fashion_mnist(tmp_path)
     a, b, c = (gather(fashion(tmp_path, samples=30, calibration=10, seed=s)) for s in (1, 1, 2))
@@ -129,6 +145,11 @@ def test_real_fashion_mnist_package():
     assert x.shape == (64, 1, 28, 28) and 0 <= float(x.min()) and float(x.max()) <= 1
     images, train_labels = fashion_mnist_arrays(limit=100)
     assert images.shape == (100, 28, 28) and train_labels[:5].tolist() == [9, 0, 0, 3, 0]
+    assert data.train.samples == 60_000
+    train = iter(data.train.batched(1000))  # streamed: the first batches only are read
+    (x, y), _ = next(train), next(train)
+    assert x.shape == (1000, 1, 28, 28) and torch.equal(x[:100, 0], torch.from_numpy(images) / 255.0)
+    assert y[:5].tolist() == [9, 0, 0, 3, 0] and torch.bincount(y, minlength=10).min() > 50
 
 
 # -------------------------------------------------------------------------------------------------- folder
@@ -161,6 +182,11 @@ def test_folder_holds_calibration_out_and_reports_it(tmp_path):
     test_values = set((x[:, 0, 0, 0] * 255).round().int().tolist())
     held_values = set((calibration[:, 0, 0, 0] * 255).round().int().tolist())
     assert not test_values & held_values and len(test_values | held_values) == 10
+    # the held-out images, with their labels, are the train images
+    x_train, y_train = (torch.cat(parts) for parts in zip(*data.train))
+    train_values = (x_train[:, 0, 0, 0] * 255).round().int().tolist()
+    assert torch.equal(x_train, calibration) and y_train.tolist() == [int(v < 10) for v in train_values]
+    assert data.details["train_from"] == f"the calibration images, held out of {tmp_path}"
     # labels match the folder each image came from (cat: values 10..14 as created second)
     for value, label in zip((x[:, 0, 0, 0] * 255).round().int().tolist(), y.tolist()):
         assert label == (0 if value >= 10 else 1)
@@ -178,6 +204,16 @@ def test_folder_with_numbered_classes_calibration_tree_and_preprocess(tmp_path):
     assert x.shape == (9, 1, 8, 8) and calibration.shape == (5, 1, 8, 8)
     assert sorted(set(y.tolist())) == [0, 2, 10]
     assert len(folder(tmp_path / "test", samples=4, calibration=2).test.batched(3)) == 2
+    # the whole training tree is the train data, labelled by its (numbered) folders
+    x_train, y_train = (torch.cat(parts) for parts in zip(*data.with_preprocess(ImageTransform((1, 8, 8))).train))
+    assert x_train.shape == (12, 1, 8, 8) and y_train.tolist() == [0] * 4 + [2] * 4 + [10] * 4
+    assert data.details["train_from"] == str(tmp_path / "train")
+    # named class folders other than the test tree's would label differently: no train data
+    make_tree(tmp_path / "named", ["cat", "dog"])
+    make_tree(tmp_path / "other", ["cat", "cow", "dog"])
+    mismatched = FolderDataset(FolderDataset.Params(root=str(tmp_path / "named"),
+                                                    calibration_root=str(tmp_path / "other"), calibration=4)).load()
+    assert mismatched.train is None and mismatched.details["train_from"].startswith("none:")
 
 
 def test_folder_errors_are_one_clear_line(tmp_path):

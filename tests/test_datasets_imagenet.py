@@ -111,6 +111,11 @@ def test_imagenet_samples_from_a_folder(tmp_path):
     values = (x[:, 0, 0, 0] * 0.5 + 0.5) * 255
     k = torch.round(values / 10).long()
     assert y.tolist() == [labels[i] for i in k.tolist()]
+    # the held-out photos, with their labels, are the train photos (there is no other labelled photo)
+    x_train, y_train = (torch.cat(parts) for parts in zip(*data.with_preprocess(RESIZE).train))
+    k_train = torch.round((x_train[:, 0, 0, 0] * 0.5 + 0.5) * 255 / 10).long()
+    assert torch.equal(x_train, calibration) and y_train.tolist() == [labels[i] for i in k_train.tolist()]
+    assert not set(k_train.tolist()) & set(k.tolist()) and "held-out calibration photos" in data.details["train_from"]
 
 
 def test_imagenet_class_names(tmp_path):
@@ -166,6 +171,7 @@ def test_photos_gathers_every_installed_source_unlabelled():
 def test_photos_sources_and_missing_ones(tmp_path, monkeypatch):
     sklearn_only = photos(sources=["sklearn"], calibration=1)
     assert sklearn_only.details["sources"] == {"sklearn": 2} and sklearn_only.test.samples == 1
+    assert sklearn_only.train is None  # unlabelled: nothing to train on
     assert {f.name for f in photo_files("sklearn")} == {"china.jpg", "flower.jpg"}
     # scikit-image: its shipped colour photos only, found without importing it
     fake = tmp_path / "skimage"
