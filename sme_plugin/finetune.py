@@ -22,9 +22,12 @@ a crossbar column, region or compacted row more. Under ``segment-offset`` each o
 weight at ``u = 0`` (the cheapest one when the projection moved them all), so the mapper re-derives the
 same offsets. Scales stay the quantizer's.
 
-``data``: ``train`` minimises cross-entropy on labelled batches; ``distill`` minimises the KL divergence
-to the float model's softmax (temperature ``temperature``) on unlabelled inputs, randomly shifted and
-flipped when ``augment`` is set. The model is kept in eval mode (BatchNorm statistics frozen, no dropout).
+``data``: ``train`` minimises cross-entropy on labelled batches (a dataset's training data,
+:attr:`sme_plugin.types.Dataset.train`), as they are (a mirrored digit is no longer its label, and on digits
+random shifts cost accuracy); ``distill`` minimises the KL divergence to the float model's softmax
+(temperature ``temperature``) on unlabelled inputs, randomly shifted and flipped when ``augment`` is set.
+Batches of ``batch_size`` samples are drawn in a seeded random order (streams: within windows of
+:data:`SHUFFLE_BYTES`). The model is kept in eval mode (BatchNorm statistics frozen, no dropout).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ from .types import Layout, QuantizedLayer
 METHODS = ("ste", "admm", "l1-bitslice", "l1")
 #: methods that keep the orchestrated bit patterns (run after orchestration and squeeze-out)
 PATTERN_METHODS = ("ste", "admm")
+#: bytes of inputs a stream of training data is shuffled within (a window; in-memory data: all of it)
+SHUFFLE_BYTES = 64 << 20
 
 
 @dataclass
@@ -211,32 +216,43 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------------- training
 def _batches(data, params: FinetuneParams, generator: torch.Generator):
-    """One epoch of batches: ``data`` is a tensor of inputs, a tuple (inputs, labels) of tensors (shuffled,
-    ``batch_size`` each) or a re-iterable of batches (e.g. :class:`sme_plugin.types.Batches`)."""
-    if isinstance(data, torch.Tensor):
-        data = (data,)
-    if isinstance(data, tuple) and all(isinstance(t, torch.Tensor) for t in data):
-        order = torch.randperm(len(data[0]), generator=generator)
-        for batch in order.split(params.batch_size):
-            parts = tuple(t[batch] for t in data)
-            yield parts if len(parts) > 1 else parts[0]
-        return
-    if hasattr(data, "batched"):
+    """One epoch of batches of ``params.batch_size`` samples (the last may be smaller) in a random order:
+    ``data`` is a tensor of inputs, a tuple (inputs, labels) of tensors (shuffled as a whole) or a
+    re-iterable of input or (inputs, labels) batches, e.g. :class:`sme_plugin.types.Batches` (shuffled
+    within windows of :data:`SHUFFLE_BYTES` of inputs, read in order). Yields inputs or (inputs, labels)."""
+    if isinstance(data, torch.Tensor) or (isinstance(data, tuple) and all(isinstance(t, torch.Tensor) for t in data)):
+        data = [data]
+    elif hasattr(data, "batched"):
         data = data.batched(params.batch_size)
-    yield from data
+    window, held = [], 0
+    for batch in data:
+        window.append(tuple(batch) if isinstance(batch, (tuple, list)) else (batch,))
+        held += window[-1][0].nbytes
+        if held >= SHUFFLE_BYTES:
+            *full, rest = _shuffled(window, params.batch_size, generator)
+            yield from full
+            window, held = [rest], rest[0].nbytes
+    if window:
+        yield from _shuffled(window, params.batch_size, generator)
+
+
+def _shuffled(window: list[tuple], batch_size: int, generator: torch.Generator) -> list:
+    """The samples of ``window`` (batches as tuples of tensors) in a random order, in batches of
+    ``batch_size`` (the last may be smaller): inputs, or tuples when the batches hold more than inputs."""
+    parts = [torch.cat(tensors) for tensors in zip(*window)]
+    order = torch.randperm(len(parts[0]), generator=generator)
+    return [tuple(t[i] for t in parts) if len(parts) > 1 else parts[0][i] for i in order.split(batch_size)]
 
 
 def _steps_per_epoch(data, params: FinetuneParams) -> int | None:
+    """Batches :func:`_batches` yields per epoch (None: unknown)."""
     if isinstance(data, torch.Tensor):
-        return -(-len(data) // params.batch_size)
-    if isinstance(data, tuple) and data and isinstance(data[0], torch.Tensor):
-        return -(-len(data[0]) // params.batch_size)
-    if hasattr(data, "samples"):
-        return -(-data.samples // params.batch_size)
-    try:
-        return len(data)
-    except TypeError:
-        return None
+        samples = len(data)
+    elif isinstance(data, tuple) and data and isinstance(data[0], torch.Tensor):
+        samples = len(data[0])
+    else:
+        samples = getattr(data, "samples", None)
+    return None if samples is None else -(-samples // params.batch_size)
 
 
 def _loss(model, teacher, batch, params: FinetuneParams, generator) -> torch.Tensor:

@@ -12,14 +12,18 @@ from pydantic import ValidationError
 
 from sme_plugin import finetune as ft
 from sme_plugin.bitsets import project_in_range, project_to_mask
-from sme_plugin.datasets import _digits_split, digits_train
+from sme_plugin.config import load_config
+from sme_plugin.datasets import DigitsDataset, _digits_split, digits_train
+from sme_plugin.errors import ConflictError
 from sme_plugin.layers import extract_layers, fold_batchnorm
 from sme_plugin.mapping import SmeMapper
 from sme_plugin.models import DigitsModel
 from sme_plugin.orchestrate import WindowOrchestrator, allowed_patterns, project_weights
+from sme_plugin.pipeline import finetune_layers
+from sme_plugin.plugins import build_registry, plugin_manager
 from sme_plugin.quantize import UniformQuantizer
 from sme_plugin.signs import encode, scheme_offsets
-from sme_plugin.types import Geometry
+from sme_plugin.types import Batches, Dataset, Geometry
 
 GEOMETRY = Geometry(rows=128, cols=128, ou_rows=16, cell_bits=1)
 
@@ -154,6 +158,53 @@ def test_distillation_on_unlabelled_inputs(digits):
     assert accuracy(result.model, test) > accuracy(with_weights(model, orch), test)
     with pytest.raises(ValueError, match="labelled"):
         ft.finetune(model, orch, layouts, ft.FinetuneParams(method="ste", epochs=1), train[0])
+
+
+def test_training_on_the_digits_train_stream_keeps_the_patterns_and_accuracy(digits):
+    """``data: train`` on the dataset's labelled train stream (as ``sme run`` does): accuracy of the orchestrated
+    weights is kept or improved, within their patterns."""
+    model, quantized, _, test = digits
+    _, layouts, orch = orchestrated(quantized, "differential", "column", 0.3)
+    train = DigitsDataset(DigitsDataset.Params()).load().train
+    params = ft.FinetuneParams(method="ste", epochs=2, data="train", batch_size=64, seed=0)
+    result = ft.finetune(model, orch, layouts, params, train)
+    assert accuracy(result.model, test) >= accuracy(with_weights(model, orch), test)
+    assert [h["epoch"] for h in result.history] == [1, 2] and result.history[1]["loss"] < result.history[0]["loss"]
+    for before, after, layout in zip(orch, result.quantized, layouts):
+        assert allowed_patterns(before, layout).contains(after.w_int).all()
+    assert any(not np.array_equal(a.w_int, b.w_int) for a, b in zip(orch, result.quantized))
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_batches_are_rebatched_and_shuffled_by_seed(monkeypatch, in_memory):
+    inputs, labels = torch.arange(100.0).reshape(100, 1), torch.arange(100)
+    data = (inputs, labels) if in_memory else Batches.of_tensors(inputs, labels, batch_size=7)
+    monkeypatch.setattr(ft, "SHUFFLE_BYTES", 40 * 4)  # streams: windows of 40 float32 samples
+
+    def epoch(seed):
+        return list(ft._batches(data, ft.FinetuneParams(batch_size=16), torch.Generator().manual_seed(seed)))
+
+    batches = epoch(0)
+    assert [len(y) for _, y in batches] == [16] * 6 + [4]
+    assert ft._steps_per_epoch(data, ft.FinetuneParams(batch_size=16)) == 7
+    x, y = (torch.cat(parts) for parts in zip(*batches))
+    assert torch.equal(x[:, 0].long(), y) and sorted(y.tolist()) == list(range(100))  # every sample once, labelled
+    assert not torch.equal(y, labels)  # shuffled ...
+    assert torch.equal(torch.cat([b[1] for b in epoch(0)]), y)  # ... by the seed
+    assert not torch.equal(torch.cat([b[1] for b in epoch(1)]), y)
+    if not in_memory:  # read in batches of 16, the first window holds 48 samples: the first 2 batches come from it
+        assert set(torch.cat([b[1] for b in batches[:2]]).tolist()) <= set(range(48))
+
+
+def test_train_data_is_refused_only_for_a_dataset_without_training_data():
+    registry = build_registry(plugin_manager(load_entrypoints=False))
+    config = load_config({"finetune": {"method": "ste", "data": "train"}}, registry)
+    x, y = torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.int64)
+    without = Dataset.of_tensors("unlabelled_photos", x, y, x)
+    with pytest.raises(ConflictError, match=r"^finetune.data: 'train' needs labelled training data, which dataset "
+                                            r"'unlabelled_photos' does not have; use data: distill") as info:
+        finetune_layers(config, None, [], None, without, None)
+    assert "\n" not in str(info.value)
 
 
 def test_bitslice_l1_makes_slices_sparser_than_plain_training(digits):
