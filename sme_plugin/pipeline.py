@@ -317,17 +317,20 @@ def output_errors(simulated: torch.nn.Module, reference: torch.nn.Module, names,
 def finetune_layers(config: Config, model, layers: list[QuantizedLayer], layouts, dataset, bundle,
                     progress: bool = False):
     """Run the ``finetune:`` section on ``layers`` (within the bit patterns of ``layouts`` for ``ste``/``admm``,
-    the quantizer's layers for the training-time L1 methods), distilling from ``model`` on the dataset's
-    calibration inputs (drawn from its training data); returns :class:`sme_plugin.finetune.FinetuneResult`."""
+    the quantizer's layers for the training-time L1 methods): on the dataset's labelled training data
+    (``data: train``) or distilling from ``model`` on its calibration inputs, drawn from its training data
+    (``data: distill``); returns :class:`sme_plugin.finetune.FinetuneResult`."""
     params = config.finetune
     if dataset is None:
-        raise ConflictError("finetune: fine-tuning needs data; configure a dataset (its calibration inputs, "
-                            "drawn from training data, are what the model is fine-tuned on)")
-    if params.data == "train":
-        raise ConflictError(f"finetune.data: 'train' needs labelled training batches, which dataset "
-                            f"{dataset.name!r} does not stream (it gives unlabelled calibration inputs); use data: distill")
-    log.info("fine-tune %d layers (%s, %d epochs)", len(layers), params.method, params.epochs)
-    return finetune(model, layers, layouts, params, dataset.calibration, teacher=model, progress=progress,
+        raise ConflictError("finetune: fine-tuning needs data; configure a dataset (its training data or its "
+                            "calibration inputs are what the model is fine-tuned on)")
+    if params.data == "train" and dataset.train is None:
+        raise ConflictError(f"finetune.data: 'train' needs labelled training data, which dataset {dataset.name!r} "
+                            "does not have; use data: distill (its calibration inputs)")
+    data = dataset.train if params.data == "train" else dataset.calibration
+    log.info("fine-tune %d layers (%s, %d epochs, %s on %d samples)", len(layers), params.method, params.epochs,
+             params.data, data.samples)
+    return finetune(model, layers, layouts, params, data, teacher=model, progress=progress,
                     recipe={"model": bundle.name, "weights": bundle.weights, "dataset": dataset.name,
                             "config": config.source})
 
