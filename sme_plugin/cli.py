@@ -1,4 +1,4 @@
-"""Command line: ``sme run``, ``sme validate``, ``sme plugins``, ``sme config``.
+"""Command line: ``sme run``, ``sme reproduce``, ``sme validate``, ``sme plugins``, ``sme config``.
 
 Results go to stdout; progress bars, log messages, the heartbeat and errors go to stderr. A user
 mistake prints one ``error:`` line per problem and exits with its documented code (see
@@ -76,6 +76,20 @@ def _parser() -> argparse.ArgumentParser:
     config_args(run)
     run.add_argument("--output", help="output directory (default: the config's output, ./sme-out)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    reproduce = sub.add_parser("reproduce", parents=[common],
+                               help="the paper's table: crossbars saved against each baseline at an accuracy cost, per model")
+    reproduce.add_argument("--models", nargs="+", metavar="MODEL",
+                           help="models to reproduce (default: every offline model but digits)")
+    reproduce.add_argument("--output", default="sme-reproduce", help="output directory (default: ./sme-reproduce)")
+    reproduce.add_argument("--budgets", nargs="+", type=float, metavar="B",
+                           help="error budgets of the trade-off curve (default: 0 0.05 0.1 0.2 0.3)")
+    reproduce.add_argument("--finetune-budgets", nargs="*", type=float, metavar="B",
+                           help="budgets also fine-tuned (default: 0.2 0.3; none: no fine-tuning)")
+    reproduce.add_argument("--tolerance", type=float, default=0.3,
+                           help="accuracy points below INT8 the operating point may lose (default 0.3)")
+    reproduce.add_argument("--samples", type=int, help="cap on test samples per model (default: all)")
+    reproduce.add_argument("--readme", metavar="README.md", help="also rewrite this README's results section")
+    reproduce.add_argument("--no-progress", action="store_true", help="hide progress bars")
     validate = sub.add_parser("validate", parents=[common],
                               help="check a config: every stage built, settings that cannot work together")
     config_args(validate)
@@ -139,11 +153,12 @@ def config_data(args, registry) -> dict:
     """The config file's data with ``--set`` and ``--model`` applied: the model section keeps its params
     when it names the same model (otherwise it is replaced, with a warning naming what is dropped); the
     dataset becomes the model's own (a dataset of the same name) or none, unless the config already
-    picks that dataset or ``dataset: null``."""
+    picks that dataset or ``dataset: null``, or a ``--set dataset...`` chooses one."""
     from .config import read_yaml
 
     data = read_yaml(args.config) if args.config else {}
-    data = apply_overrides(data, getattr(args, "overrides", []))
+    overrides = getattr(args, "overrides", [])
+    data = apply_overrides(data, overrides)
     if args.model:
         old = data.get("model")
         if _named(old) != args.model:
@@ -153,7 +168,8 @@ def config_data(args, registry) -> dict:
                             args.model, _named(old), ", ".join(f"{k}: {v}" for k, v in dropped.items()))
             data["model"] = {"name": args.model}
         own = {"name": args.model} if args.model in registry.entries["dataset"] else None
-        if not ("dataset" in data and (data["dataset"] is None or _named(data["dataset"]) == args.model)):
+        chosen = any(parse_override(text)[0][0] == "dataset" for text in overrides)  # --set dataset...
+        if not (chosen or "dataset" in data and (data["dataset"] is None or _named(data["dataset"]) == args.model)):
             data["dataset"] = own
     return data
 
@@ -330,6 +346,45 @@ def _run(args, verbosity: int) -> int:
     return EXIT_OK
 
 
+def _reproduce(args, verbosity: int) -> int:
+    from .config import output_problem
+    from .plugins import build_registry, plugin_manager
+    from .reproduce import Plan, Reproduction, write
+
+    why = output_problem(args.output)
+    if why:
+        raise OutputError(f"--output: {why}")
+    if args.samples is not None and args.samples < 1:
+        raise UsageError(f"--samples: {args.samples} is not a positive number of samples")
+    if args.readme is not None:  # a README that cannot take the results fails now, not after the runs
+        from pathlib import Path
+
+        from .reproduce import readme_with
+
+        try:
+            readme_with(Path(args.readme).read_text(encoding="utf-8"), "", args.readme)
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"--readme {args.readme}: cannot read it as UTF-8 text ({error})") from None
+    plan = Plan()
+    for key in ("models", "budgets", "finetune_budgets"):
+        if getattr(args, key) is not None:
+            setattr(plan, key, tuple(getattr(args, key)))
+    plan.tolerance, plan.samples, plan.finetune = args.tolerance, args.samples, bool(plan.finetune_budgets)
+    progress = not args.no_progress and verbosity >= 0 and sys.stderr.isatty()
+    reproduction = Reproduction(plan, build_registry(plugin_manager()), progress=progress)
+    from .report import prepare_output  # torch-heavy imports only once the plan is valid
+
+    with prepare_output(args.output) as directory:
+        with _heartbeat(verbosity >= 0 and not progress, f"reproduce {' '.join(plan.models)} -> {directory}"):
+            document, reports = reproduction.run()
+            paths = write(document, reports, directory, args.readme)
+    from .reproduce import markdown
+
+    print(markdown(document, figures=False))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return EXIT_OK
+
+
 def _raw_document(args) -> dict:
     from .config import read_yaml
 
@@ -382,6 +437,8 @@ def main(argv=None) -> int:
             return _print_config(args, registry)
         if args.command == "validate":
             return _validate(args)
+        if args.command == "reproduce":
+            return _reproduce(args, verbosity)
         return _run(args, verbosity)
     except SMEError as error:
         if debug:

@@ -178,8 +178,11 @@ def crossbar_totals(costs_by_label: dict[str, list[dict]]) -> tuple[dict, dict]:
     return crossbars, reductions
 
 
-def run(config: Config, registry: Registry, progress: bool = False) -> dict:
-    """Run the whole pipeline for a validated config; returns the report dict."""
+def run(config: Config, registry: Registry, progress: bool = False, evaluate_accuracy: bool = True) -> dict:
+    """Run the whole pipeline for a validated config; returns the report dict.
+
+    evaluate_accuracy: False skips the accuracy simulation even when a dataset is configured (the
+    dataset then only feeds calibration: data-aware orchestration, fine-tuning)."""
     timing, started = {}, time.perf_counter()
 
     def lap(name):
@@ -229,7 +232,7 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
 
     log.info("map, squeeze and cost %d layers", len(layers))
     periphery = Periphery(adc=stages.adc, dac=stages.dac, activation_bits=config.activations.bits)
-    simulate = dataset is not None
+    simulate = dataset is not None and evaluate_accuracy
     mapped = {label: {} for label in SIMULATED}
     layer_reports, error_sums = [], np.zeros(2)
     costs_by_label = {label: [] for label in [*baselines, "sme"]}
@@ -260,6 +263,7 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
             "input_shape": list(bundle.input_shape),
             "layers": len(layers),
             "depthwise": config.crossbar.depthwise,
+            **({"details": bundle.details} if getattr(bundle, "details", None) else {}),
         },
         "geometry": {**asdict(geometry), "cell": config.strategies["cell"].name},
         "mappings": {
@@ -276,7 +280,8 @@ def run(config: Config, registry: Registry, progress: bool = False) -> dict:
         },
         "costs": {label: total_costs(costs) for label, costs in costs_by_label.items()},
         "accuracy": {"float": None, "quantizer_only": None, "quantized": None, **dict.fromkeys(SIMULATED), "samples": 0,
-                     "dataset": None, "metric": None, "skipped": "no dataset configured (dataset: null)"},
+                     "dataset": None, "metric": None,
+                     "skipped": "not evaluated" if dataset is not None else "no dataset configured (dataset: null)"},
         "timing_s": timing,
     }
     if tuned is not None:

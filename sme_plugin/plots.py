@@ -77,3 +77,46 @@ def summary_png(report: dict) -> bytes:
     fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
     return buffer.getvalue()
+
+
+def tradeoff_png(document: dict) -> bytes:
+    """PNG of ``sme reproduce``'s trade-off curves, one panel per model with accuracy data: accuracy (or
+    agreement) against the crossbar reduction against ISAAC-16, post-training and fine-tuned, with the
+    float and INT8 models as horizontal lines. Models without data show reduction against budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = document["models"]
+    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(4 * max(len(models), 1), 3.6), squeeze=False)
+    for ax, (name, entry) in zip(axes[0], models.items()):
+        points = entry["curve"]
+        with_accuracy = any(p["accuracy"] is not None for p in points)
+        for finetuned, style in ((False, "o-"), (True, "s--")):
+            series = sorted((p for p in points if p["finetuned"] == finetuned), key=lambda p: p["budget"])
+            if not series:
+                continue
+            x = [p["reduction_vs_isaac16"] or 0 for p in series]
+            y = [p["accuracy"] if with_accuracy else p["budget"] for p in series]
+            ax.plot(x, y, style, label="fine-tuned" if finetuned else "post-training")
+            for p, xi, yi in zip(series, x, y):
+                ax.annotate(f"{p['budget']:g}", (xi, yi), fontsize=FONT - 1, textcoords="offset points", xytext=(3, 3))
+        metric = "agreement" if "agreement" in entry else "accuracy"
+        if with_accuracy:
+            figures = entry[metric]
+            for key, color in (("float", "grey"), ("int8", "black")):
+                if figures.get(key) is not None:
+                    ax.axhline(figures[key], color=color, linestyle=":", linewidth=1, label=key)
+            ax.set_ylabel(f"{metric} %", fontsize=FONT + 1)
+        else:
+            ax.set_ylabel("error budget (no data: random weights)", fontsize=FONT + 1)
+        ax.set_xlabel("crossbar reduction vs ISAAC-16", fontsize=FONT + 1)
+        ax.set_title(f"{name} ({'trained' if entry['weights_trained'] else 'random'} weights)", fontsize=FONT + 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=FONT - 1)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()

@@ -186,3 +186,15 @@ def test_model_flag_keeps_the_dataset_settings_of_that_model(tmp_path):
     report, _ = run_cli(tmp_path, {"dataset": {"name": "digits", "samples": 60}, "orchestrator": {"name": "none"}},
                         "--model", "digits")
     assert report["accuracy"]["samples"] == 60
+
+
+def test_model_flag_keeps_a_dataset_chosen_with_set(tmp_path):
+    """``--model M --set dataset.name=D``: the dataset the user set wins over M's own (or none)."""
+    from sme_plugin.cli import config_data, _parser
+    from sme_plugin.plugins import build_registry, plugin_manager
+
+    registry = build_registry(plugin_manager(load_entrypoints=False))
+    args = _parser().parse_args(["run", "--model", "inception_v3", "--set", "dataset.name=photos"])
+    assert config_data(args, registry)["dataset"] == {"name": "photos"}
+    args = _parser().parse_args(["run", "--model", "inception_v3"])
+    assert config_data(args, registry)["dataset"] is None

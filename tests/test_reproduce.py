@@ -1,0 +1,116 @@
+"""``sme reproduce``: the paper's table, end to end on the digits model (the reduced run CI affords), and
+the rules that pick its operating point."""
+
+import json
+
+import pytest
+
+from sme_plugin.cli import main
+from sme_plugin.config import load_config
+from sme_plugin.pipeline import run
+from sme_plugin.plugins import build_registry, plugin_manager
+from sme_plugin.reproduce import (
+    BLIND_BUDGET,
+    README_END,
+    README_START,
+    Plan,
+    Reproduction,
+    operating_point,
+    point_config,
+    readme_with,
+)
+
+REGISTRY = build_registry(plugin_manager(load_entrypoints=False))
+
+
+def point(budget, reduction, accuracy, finetuned=False):
+    return {"budget": budget, "reduction_vs_isaac16": reduction, "accuracy": accuracy, "finetuned": finetuned}
+
+
+def test_operating_point_is_the_largest_reduction_within_the_tolerance():
+    points = [point(0.0, 1.1, 90.0), point(0.1, 1.6, 89.8), point(0.2, 2.0, 89.6), point(0.3, 2.0, 89.75)]
+    assert operating_point(points, 90.0, 0.3)["budget"] == 0.3  # 2.0x within 0.3 points: the one that keeps 89.75
+    assert operating_point(points, 90.0, 0.25)["budget"] == 0.3
+    assert operating_point(points, 90.0, 0.2)["budget"] == 0.1
+    assert operating_point(points, 95.0, 0.3)["budget"] == 0.0  # none within: the most accurate
+    blind = [point(b, r, None) for b, r in ((0.0, 1.0), (0.05, 1.5), (0.3, 3.0))]
+    assert operating_point(blind, None, 0.3)["budget"] == 0.05 == min((0.0, 0.05, 0.3), key=lambda b: abs(b - BLIND_BUDGET))
+
+
+def test_readme_section_is_replaced_and_a_readme_without_markers_is_refused():
+    text = f"# T\nintro\n{README_START}\nold table\n{README_END}\ntail\n"
+    new = readme_with(text, "new table\n", "README.md")
+    assert new == f"# T\nintro\n{README_START}\nnew table\n{README_END}\ntail\n"
+    with pytest.raises(Exception, match="no results section"):
+        readme_with("# T\n", "x", "README.md")
+
+
+@pytest.mark.parametrize("plan, message", [
+    (Plan(models=("nope",)), "unknown model 'nope'"),
+    (Plan(models=("digits",), budgets=(1.5,)), "not a relative error"),
+    (Plan(models=("digits",), budgets=()), "at least one"),
+    (Plan(models=("digits",), tolerance=-1), "--tolerance"),
+])
+def test_bad_plans_are_refused_before_any_run(plan, message):
+    with pytest.raises(Exception, match=message):
+        Reproduction(plan, REGISTRY)
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """The reduced run: digits, 300 test samples, two budgets, one fine-tuned, through the CLI."""
+    out = tmp_path_factory.mktemp("reproduce") / "out"
+    readme = out.parent / "README.md"
+    readme.write_text(f"# Project\n\n{README_START}\nstale\n{README_END}\nend\n", encoding="utf-8")
+    code = main(["reproduce", "--models", "digits", "--samples", "300", "--budgets", "0", "0.3",
+                 "--finetune-budgets", "0.3", "--output", str(out), "--readme", str(readme), "--no-progress"])
+    assert code == 0
+    return json.loads((out / "reproduce.json").read_text()), out, readme
+
+
+def test_reproduce_writes_the_table_plots_and_readme(reproduced):
+    document, out, readme = reproduced
+    assert sorted(p.name for p in out.iterdir()) == ["digits.png", "reproduce.json", "reproduce.md", "tradeoff.png"]
+    assert (out / "tradeoff.png").read_bytes().startswith(b"\x89PNG")
+    entry = document["models"]["digits"]
+    assert entry["weights"] == "trained" and entry["weights_trained"]
+    assert set(entry["crossbars"]) == {"isaac16", "isaac", "bitplane", "sme_slice", "sme_orchestrated", "sme",
+                                       "sme_finetuned"}
+    assert set(entry["accuracy"]) == {"float", "int8", "sme", "sme_finetuned"}
+    assert entry["data"]["samples"] == 300
+    assert [(p["budget"], p["finetuned"]) for p in entry["curve"]] == [(0.0, False), (0.3, False), (0.3, True)]
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("# Project\n\n") and text.endswith(f"{README_END}\nend\n") and "stale" not in text
+    assert "| digits (trained) |" in text and "| digits (trained) |" in (out / "reproduce.md").read_text()
+
+
+def test_reproduce_figures_are_the_runs_they_name(reproduced):
+    """Every crossbar count and accuracy is what ``sme run`` gives for the same config; the steps only
+    remove crossbars; the reductions are the ratios of the counts."""
+    document, _, _ = reproduced
+    entry, plan = document["models"]["digits"], Plan(models=("digits",), samples=300)
+    c, r = entry["crossbars"], entry["reductions"]
+    assert c["sme"] <= c["sme_orchestrated"] <= c["sme_slice"] <= c["isaac"]
+    for base in ("isaac16", "isaac", "bitplane"):
+        assert r[f"vs_{base}"] == pytest.approx(c[base] / c["sme"], rel=1e-3)
+    budget = entry["operating_point"]["budget"]
+    report = run(load_config(point_config(plan.studies["digits"], plan, budget), REGISTRY), REGISTRY)
+    assert report["totals"]["crossbars"]["sme"] == c["sme"]
+    assert report["totals"]["crossbars"]["isaac16"] == c["isaac16"]
+    assert report["accuracy"]["sme"] == entry["accuracy"]["sme"]
+    assert report["accuracy"]["quantizer_only"] == entry["accuracy"]["int8"]
+    # ideal devices: the simulated crossbars reproduce the digital integer model exactly
+    assert report["accuracy"]["sme"] == report["accuracy"]["quantized"]
+    lossless = next(p for p in entry["curve"] if p["budget"] == 0.0)
+    assert lossless["weight_error"] == 0 and lossless["accuracy"] == entry["accuracy"]["int8"]
+
+
+def test_reproduce_usage_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    for args in (["--models", "nope"], ["--budgets", "2"], ["--samples", "0"],
+                 ["--models", "digits", "--readme", str(tmp_path / "missing.md"), "--budgets", "0",
+                  "--finetune-budgets"]):
+        code = main(["reproduce", "--output", str(out), "--no-progress", *args])
+        err = capsys.readouterr().err
+        assert code != 0 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        assert not out.exists()
