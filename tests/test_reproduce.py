@@ -114,3 +114,11 @@ def test_reproduce_usage_errors_are_one_line_and_write_nothing(tmp_path, capsys)
         err = capsys.readouterr().err
         assert code != 0 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
         assert not out.exists()
+
+
+def test_the_projects_readme_has_the_results_section():
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    assert readme_with(text, "x\n", "README.md").count("x\n") >= 1
