@@ -13,6 +13,9 @@ added another error than they proposed (a compensated change): the allowance is 
 Proposals a round does not accept stay open, unchanged, so a round only asks the problem for the
 proposals of the slots it changed and merges them into the sorted list of open ones: the work per round
 follows what changed, not the size of the problem.
+
+:func:`replay` carries out again, on a fresh problem, the first proposals of each slot (a part of what
+:func:`spend` accepted, e.g. to undo the drops that freed no crossbar).
 """
 
 from __future__ import annotations
@@ -157,3 +160,21 @@ def spend(problems: Sequence[Problem], allowance: float) -> Spent:
         allowance -= total
         result.accepted += count
         result.spent += total
+
+
+def replay(problem: Problem, counts: np.ndarray) -> int:
+    """Carry out the first ``counts[slot]`` proposals of each slot of a fresh ``problem``, whatever they cost.
+
+    Faithful to an earlier run where a slot's proposals depend on that slot's own history only (the window
+    problems'): each round every slot below its count takes its proposal. Returns the rounds run."""
+    done = np.zeros(problem.size, dtype=np.int64)
+    rounds = 0
+    while True:
+        slots, cost, _ = problem.proposals()
+        slots = np.asarray(slots, dtype=np.int64)
+        slots = np.sort(slots[np.isfinite(cost) & (done[slots] < counts[slots])])
+        if not slots.size:
+            return rounds
+        rounds += 1
+        problem.apply(slots)
+        done[slots] += 1

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from .bitsets import TABLE_BITS, project_in_range, project_to_mask, project_to_set, values_with_k_bits
 from .errors import ConflictError
-from .greedy import spend
+from .greedy import replay, spend
 from .hookspecs import hookimpl
 from .mapping import block_any, region_shape
 from .params import StrategyParams
@@ -513,6 +513,180 @@ class _WindowDrops:
         self.units.drop(slots, self.best[slots])
         self.stale = slots
 
+    def units_of(self, slots: np.ndarray) -> np.ndarray:
+        """(k, 1) units each slot changes: its own."""
+        return slots[:, None]
+
+
+def _running(pools: np.ndarray, time: np.ndarray, change: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Total of each change's pool just after it: ``base[pool]`` plus the pool's changes so far, taken in
+    ``time`` order (changes of one pool at one time in any order)."""
+    order = np.lexsort((time, pools))
+    pool, step = pools[order], change[order]
+    total = np.cumsum(step)
+    start = np.maximum.accumulate(np.where(np.r_[True, pool[1:] != pool[:-1]], np.arange(len(pool)), 0))
+    out = np.empty(len(pool), dtype=np.int64)
+    out[order] = base[pool] + total - total[start] + step[start]
+    return out
+
+
+class _Crossbars:
+    """The crossbars one layer's units take under its layout, counted as the ``sme`` mapper does, and how
+    the drops of a greedy run change them.
+
+    The mapper allocates regions (``layout.region``) per sign set and cell group, and packs the occupied
+    ones: ``crossbars = sum_p ceil(sum_b ceil(c_pb / capacity) / bands)``, c_pb the occupied (region,
+    group)s of region row b of part p, ``capacity`` of them per read (1 for tile packing: a crossbar per
+    plane-tile) and ``bands`` reads per crossbar (``rows // ou_rows`` for ou packing, else 1). Occupancy
+    is tracked on fine blocks of one column and ``height = min(segment rows, region rows)`` rows, of which
+    segments and regions are both unions: a region occupies group g while one of its fine blocks uses g.
+
+    Attributes
+    ----------
+    fine : (U, seg_cols * seg_rows // height) int32 group-set id each fine block of each unit uses now.
+    base : (S * P * NR * NC * G,) int64 fine blocks of each (region, group) using the group at the start
+        (NR x NC regions per part, over the units' padded rows and columns), index ``region * G + g``.
+    capacity, bands : the packing's capacity per read and reads per crossbar.
+    """
+
+    def __init__(self, units: _Units, layout: Layout):
+        self.units = units
+        self.region_rows, self.region_cols = layout.region
+        self.height = min(units.seg_rows, self.region_rows)
+        _, parts, row_blocks, col_blocks = units.blocks
+        self.shape = (units.blocks[0], parts, -(-row_blocks * units.seg_rows // self.region_rows),
+                      -(-col_blocks * units.seg_cols // self.region_cols))  # (S, P, NR, NC) regions
+        self.capacity = layout.capacity or 1
+        self.bands = layout.geometry.rows // self.region_rows if layout.packing == "ou" else 1
+        everything = np.arange(units.n_units)
+        self.fine = np.concatenate([self._fine(chunk) for chunk in units.chunks(everything)])
+        self.base = np.zeros(int(np.prod(self.shape)) * units.groups, dtype=np.int64)
+        for chunk in units.chunks(everything):
+            unit, block, group = np.nonzero(_unpack(self.fine[chunk], units.groups))
+            keys = self._regions(chunk)[unit, block] * units.groups + group
+            self.base += np.bincount(keys, minlength=self.base.size)
+
+    def _fine(self, units: np.ndarray) -> np.ndarray:
+        """(K, F) group-set id each fine block of ``units`` uses now."""
+        u = self.units
+        used = u._used(np.take(u.current, units, axis=0))
+        used = used.reshape(len(units), u.seg_cols, u.seg_rows // self.height, self.height)
+        return np.bitwise_or.reduce(used, axis=3).reshape(len(units), -1)
+
+    def _regions(self, units: np.ndarray) -> np.ndarray:
+        """(K, F) flat (set, part, region row, region column) index of each fine block of ``units``."""
+        u = self.units
+        sets, part, rb, cb = np.unravel_index(units, u.blocks)
+        per_column = u.seg_rows // self.height
+        rows = (rb * u.seg_rows)[:, None] + np.tile(np.arange(per_column) * self.height, u.seg_cols)
+        cols = (cb * u.seg_cols)[:, None] + np.repeat(np.arange(u.seg_cols), per_column)
+        return np.ravel_multi_index(((sets * self.shape[1] + part)[:, None], rows // self.region_rows,
+                                     cols // self.region_cols), (self.shape[0] * self.shape[1], *self.shape[2:]))
+
+    def _levels(self) -> list[tuple]:
+        """[(pool of each (region, group) key, start total of each pool, count of a total)] of occupancy
+        (fine blocks -> occupied), reads of a region row (occupied -> ceil / capacity) and crossbars of a part
+        (reads -> ceil / bands)."""
+        _, parts, region_rows, region_cols = self.shape
+        keys = np.arange(self.base.size)
+        row_of = keys // (self.units.groups * region_cols) % (parts * region_rows)  # part * NR + region row
+        occupied = np.bincount(row_of, self.base > 0, minlength=parts * region_rows).astype(np.int64)
+        reads = -(-occupied // self.capacity)
+        return [(keys, self.base, lambda total: np.minimum(total, 1)),
+                (row_of, occupied, lambda total: -(-total // self.capacity)),
+                (row_of // region_rows, reads.reshape(parts, region_rows).sum(axis=1),
+                 lambda total: -(-total // self.bands))]
+
+    def crossbars(self) -> int:
+        """Crossbars of the units at the start."""
+        _, _, (_, reads, count) = self._levels()
+        return int(count(reads).sum())
+
+    def changes(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Take the current values of ``units`` (K,) and return what changed since: (unit row in ``units``,
+        (region, group) key, +1 / -1 fine blocks using the group)."""
+        fine = self._fine(units)
+        G = self.units.groups
+        delta = _unpack(fine, G).astype(np.int8) - _unpack(self.fine[units], G)
+        self.fine[units] = fine
+        row, block, group = np.nonzero(delta)
+        return row, self._regions(units)[row, block] * G + group, delta[row, block, group].astype(np.int64)
+
+    def needed(self, time: np.ndarray, key: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """(E,) bool: whether each change (its drop's ``time``, its (region, group) ``key`` and ``delta``, as
+        :meth:`changes` gave them) comes no later than the drop at which its pool first had the fewest
+        crossbars of the run (never, where the pool freed none).
+
+        A pool is the finest part of the layer whose crossbars add up: a (region, group) for tile packing,
+        a region row of a part for column packing, a part for ou packing."""
+        levels = self._levels()
+        last = 2 if self.bands > 1 else 1 if self.capacity > 1 else 0
+        change = delta
+        for pool_of, base, count in levels[: last + 1]:
+            pools = pool_of[key]
+            total = _running(pools, time, change, base)
+            after = count(total)
+            change = after - count(total - change)
+        order = np.lexsort((time, pools))
+        pool, at, after = pools[order], time[order], after[order]
+        final = np.r_[(pool[1:] != pool[:-1]) | (at[1:] != at[:-1]), True]  # each pool's count after each drop
+        pool, at, after = pool[final], at[final], after[final]
+        start = count(base)
+        fewest = start.copy()
+        np.minimum.at(fewest, pool, after)
+        reached = (after == fewest[pool]) & (after < start[pool])
+        cut = np.full(len(start), -1, dtype=np.int64)
+        first, index = np.unique(pool[reached], return_index=True)
+        cut[first] = at[reached][index]
+        return time <= cut[pool_of[key]]
+
+
+class _Tracked:
+    """A window problem (:class:`_WindowDrops`, :class:`_OutputDrops`) whose drops are recorded with the
+    changes of its layer's crossbar occupancy (:class:`_Crossbars`), to tell afterwards which drops to
+    keep (:meth:`kept`)."""
+
+    def __init__(self, problem, layout: Layout):
+        self.problem, self.size = problem, problem.size
+        self.crossbars = _Crossbars(problem.units, layout)
+        self.cost = np.full(problem.size, np.inf)  # each slot's open proposal
+        self.drops = []  # per apply: (slots, costs)
+        self.changes = []  # per apply: (drop, key, delta)
+        self.applied = 0
+
+    def proposals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        slots, cost, added = self.problem.proposals()
+        self.cost[slots] = cost
+        return slots, cost, added
+
+    def apply(self, slots: np.ndarray) -> float | None:
+        actual = self.problem.apply(slots)
+        units = self.problem.units_of(slots)
+        row, key, delta = self.crossbars.changes(units.ravel())
+        self.changes.append((self.applied + row // units.shape[1], key, delta))
+        self.drops.append((slots, self.cost[slots]))
+        self.applied += len(slots)
+        return actual
+
+    def kept(self) -> tuple[np.ndarray, np.ndarray]:
+        """(size,) drops each slot made and (size,) how many of them to keep: up to its last one that comes
+        no later than the drop at which a pool it changed first had its fewest crossbars
+        (:meth:`_Crossbars.needed`). Drops come in the engine's order: by round, then (cost, slot)."""
+        if not self.drops:
+            return np.zeros(self.size, dtype=np.int64), np.zeros(self.size, dtype=np.int64)
+        slot, cost = (np.concatenate(part) for part in zip(*self.drops))
+        rounds = np.repeat(np.arange(len(self.drops)), [len(slots) for slots, _ in self.drops])
+        time = np.empty(len(slot), dtype=np.int64)
+        time[np.lexsort((slot, cost, rounds))] = np.arange(len(slot))
+        drop, key, delta = (np.concatenate(part) for part in zip(*self.changes))
+        needed = np.bincount(drop[self.crossbars.needed(time[drop], key, delta)], minlength=len(slot)) > 0
+        order = np.lexsort((time, slot))  # each slot's drops in turn
+        rank = np.empty(len(slot), dtype=np.int64)
+        rank[order] = np.arange(len(slot)) - np.searchsorted(slot[order], slot[order])
+        keep = np.zeros(self.size, dtype=np.int64)
+        np.maximum.at(keep, slot[needed], rank[needed] + 1)
+        return np.bincount(slot, minlength=self.size), keep
+
 
 def output_error(before: QuantizedLayer, after: QuantizedLayer, gram: np.ndarray) -> tuple[float, float]:
     """(||X (W' - W)||^2, ||X W||^2) of one layer in real units, from its inputs' second moments ``gram``
@@ -590,7 +764,7 @@ class _OutputDrops:
 
     # -- geometry --------------------------------------------------------------------------------------
 
-    def _units_of(self, slots: np.ndarray) -> np.ndarray:
+    def units_of(self, slots: np.ndarray) -> np.ndarray:
         """(k, S*RB) units of each slot (column block), sign set major."""
         n_sets, parts, row_blocks, col_blocks = self.units.blocks
         part, block = np.divmod(slots, col_blocks)
@@ -620,13 +794,13 @@ class _OutputDrops:
 
     def proposals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         slots, self.stale = self.stale, np.empty(0, dtype=np.int64)
-        units_per_slot = self._units_of(np.arange(1))[0].size
+        units_per_slot = self.units_of(np.arange(1))[0].size
         per_slot_values = units_per_slot * self.units.values.shape[1] * self.units.groups
         step = max(1, (8 * CHUNK) // max(per_slot_values, 1))
         cost, added = np.full(len(slots), np.inf), np.zeros(len(slots))
         for start in range(0, len(slots), step):
             chunk = slots[start : start + step]
-            units = self._units_of(chunk).ravel()
+            units = self.units_of(chunk).ravel()
             unit_cost, unit_added = self._price(units)
             unit_cost = unit_cost.reshape(len(chunk), -1)
             best = unit_cost.argmin(axis=1)
@@ -655,7 +829,9 @@ class _OutputDrops:
         change = change.reshape(len(units), G, u.seg_cols, u.seg_rows).astype(np.float64)
         he = self.he[part[:, None], rows, cols].reshape(len(units), u.seg_cols, u.seg_rows)
         h = self.h_blocks[part, rb]  # (K, R, R)
-        per_column = 2 * np.einsum("kgcr,kcr->kgc", change, he) + np.einsum("kgcr,krq,kgcq->kgc", change, h, change)
+        k, c, r = len(units), u.seg_cols, u.seg_rows
+        quadratic = ((change.reshape(k, G * c, r) @ h).reshape(change.shape) * change).sum(axis=3)  # e^T H e (BLAS)
+        per_column = 2 * np.einsum("kgcr,kcr->kgc", change, he) + quadratic
         scale2 = self.scale2[part[:, None], cols[:, :: u.seg_rows]]  # (K, C)
         added = np.einsum("kgc,kc->kg", per_column, scale2)
         member = _unpack(window, G)
@@ -714,7 +890,7 @@ class _OutputDrops:
                 self._refit_columns(int(part), cols)
             else:
                 self._update_columns(int(part), cols)
-        units = self._units_of(slots).ravel()
+        units = self.units_of(slots).ravel()
         u.current[units] = self._stored(units).astype(u.current.dtype)
 
     def _update_columns(self, part: int, cols: np.ndarray) -> None:
@@ -765,7 +941,10 @@ class WindowOrchestrator:
     offsets (segment-offset: segments of ``layout.read_rows`` rows, whose minimum keeps u = 0, so the
     mapper re-derives the same offsets). Budget mode spends the error with the budgeted greedy engine
     (:func:`sme_plugin.greedy.spend`) that tile-empty shares: each round every segment proposes its
-    cheapest group (squared error added per crossbar column freed).
+    cheapest group (squared error added per crossbar column freed). A column freed need not free a
+    crossbar: with ``spend: crossbars`` the drops that freed none are undone afterwards (:class:`_Tracked`:
+    per pool of crossbars, a region row or part of a layer, the drops after the one at which the pool first
+    had its fewest crossbars), so the crossbars reached cost the least error along the greedy's order.
     """
 
     class Params(StrategyParams):
@@ -795,6 +974,9 @@ class WindowOrchestrator:
             their windows (GPTQ-style, second order on the input second moments); False (default):
             plain projection. Off by default: on digits the greedy spends what compensation saves on
             further drops that free no crossbar, and accuracy falls (see the issue-6 note).
+        spend : {"crossbars", "budget"}
+            In ``budget`` mode: ``crossbars`` stops each pool of crossbars at its last drop that frees a
+            crossbar (the crossbars of ``budget``, for less error); ``budget`` spends the whole allowance.
         """
 
         segment: Literal["auto", "tile", "column", "ou"] = "auto"
@@ -804,6 +986,7 @@ class WindowOrchestrator:
         scope: Literal["layer", "model"] = "layer"
         error: Literal["weight", "output"] = "weight"
         compensate: bool = False
+        spend: Literal["crossbars", "budget"] = "crossbars"
 
     def __init__(self, params: Params):
         self.params = params
@@ -840,47 +1023,74 @@ class WindowOrchestrator:
             if missing:
                 raise ConflictError(f"error: output needs the input second moments of layers {missing} "
                                     f"(calibration inputs: configure a dataset)")
-            return self._orchestrate_output(layers, sparse, out, build, grams)
+            return self._orchestrate_output(layers, layouts, sparse, out, build, grams)
+        problem = lambda i: _WindowDrops(build(i))
         if self.params.mode == "budget" and self.params.scope == "model":
-            problems = [build(i) for i in sparse]
             norm = sum(_squared_norm(q) for q in layers)
-            spend([_WindowDrops(units) for units in problems], self.params.budget**2 * norm)
-            for i, units in zip(sparse, problems):
-                out[i] = layers[i].with_weights(units.decoded())
+            problems = self._spend(sparse, [problem(i) for i in sparse], self.params.budget**2 * norm, layouts,
+                                   problem)
+            for i, drops in zip(sparse, problems):
+                out[i] = layers[i].with_weights(drops.units.decoded())
             return out
         for i in sparse:
-            units = build(i)
             if self.params.mode == "fixed":
+                units = build(i)
                 self._fixed(units)
             else:
-                spend([_WindowDrops(units)], self.params.budget**2 * _squared_norm(layers[i]))
+                (drops,) = self._spend([i], [problem(i)], self.params.budget**2 * _squared_norm(layers[i]), layouts,
+                                       problem)
+                units = drops.units
             out[i] = layers[i].with_weights(units.decoded())
             del units
         return out
 
-    def _orchestrate_output(self, layers, sparse, out, build, grams):
+    def _spend(self, indices: list[int], problems: list, allowance: float, layouts: list[Layout], rebuild) -> list:
+        """Spend ``allowance`` on the greedy ``problems`` of layers ``indices`` (:func:`sme_plugin.greedy.spend`);
+        with ``spend: crossbars`` then undo the drops that freed no crossbar: a layer that made some is built
+        afresh (``rebuild(index)``) and carries out only the drops it keeps (:func:`sme_plugin.greedy.replay`).
+        Returns the final problems."""
+        if self.params.spend == "budget":
+            spend(problems, allowance)
+            return problems
+        tracked = [_Tracked(problem, layouts[i]) for i, problem in zip(indices, problems)]
+        del problems
+        spend(tracked, allowance)
+        final = []
+        for j, i in enumerate(indices):
+            made, keep = tracked[j].kept()
+            if (keep == made).all():
+                final.append(tracked[j].problem)
+            else:
+                tracked[j] = None  # release this layer's state before building it again
+                final.append(rebuild(i))
+                replay(final[-1], keep)
+        return final
+
+    def _orchestrate_output(self, layers, layouts, sparse, out, build, grams):
         """``error: output``: budget mode spends the output-error allowance (per layer or model-wide) on
         group drops priced per column freed, refitting as it goes; fixed mode refits within its windows."""
         problem = lambda i, units: _OutputDrops(units, grams[layers[i].layer.name], self.params.compensate)
+        fresh = lambda i: problem(i, build(i))
         if self.params.mode == "budget" and self.params.scope == "model":
-            problems = [problem(i, build(i)) for i in sparse]
-            spend(problems, self.params.budget**2 * sum(p.norm for p in problems))
-            for i, drops in zip(sparse, problems):
+            problems = [fresh(i) for i in sparse]
+            allowance = self.params.budget**2 * sum(p.norm for p in problems)
+            for i, drops in zip(sparse, self._spend(sparse, problems, allowance, layouts, fresh)):
                 out[i] = layers[i].with_weights(drops.weights())
             return out
         for i in sparse:
-            units = build(i)
             if self.params.mode == "fixed":
+                units = build(i)
                 self._fixed(units)
                 drops = problem(i, units)
                 everything = np.arange(units.n_units)
                 units.narrow(everything, units.current)  # the refit keeps to the groups the windows use
                 drops.refit(np.arange(drops.size))
+                del units
             else:
-                drops = problem(i, units)
-                spend([drops], self.params.budget**2 * drops.norm)
+                drops = fresh(i)
+                (drops,) = self._spend([i], [drops], self.params.budget**2 * drops.norm, layouts, fresh)
             out[i] = layers[i].with_weights(drops.weights())
-            del units, drops
+            del drops
         return out
 
 

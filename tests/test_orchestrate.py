@@ -257,13 +257,14 @@ def test_offset_windows_never_empty(seed):
     q = q.with_weights(np.where(np.arange(6) < 2, -7, q.w_int))
     lay = layout(q, sign="offset", packing="column")
     for budget in (0.2, 0.3, 0.5):
-        (out,) = window(budget=budget).orchestrate([q], [lay])
+        (out,) = window(budget=budget, spend="budget").orchestrate([q], [lay])
         check_valid(q, out)
         assert np.array_equal(out.w_int, reference_budget([q], [lay], budget, "column")[0])
 
 
 def reference_budget(layers, lays, budget, segment):
-    """The greedy of the window orchestrator written naively: loops and brute-force nearest values.
+    """The greedy of the window orchestrator (``spend: budget``) written naively: loops and brute-force
+    nearest values.
     segment: the segment kind; its shape is taken plainly from the geometry."""
     g = lays[0].geometry
     sign = lays[0].sign
@@ -351,7 +352,7 @@ def test_budget_greedy_matches_a_naive_reference(sign, packing, segment, cell_bi
     if scope == "layer":
         layers = layers[:1]
     lays = layouts(layers, geometry, sign=sign, packing=packing)
-    outs = window(budget=0.15, scope=scope, segment=segment).orchestrate(layers, lays)
+    outs = window(budget=0.15, scope=scope, segment=segment, spend="budget").orchestrate(layers, lays)
     expected = reference_budget(layers, lays, 0.15, packing if segment == "auto" else segment)
     for out, w in zip(outs, expected):
         assert np.array_equal(out.w_int, w)

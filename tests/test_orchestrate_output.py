@@ -156,14 +156,16 @@ def test_compensation_lowers_the_output_error_at_the_same_windows(sign):
     q = make_q(shape=(1, 32, 8), seed=5)
     lay = layout(q, GEOMETRY, sign=sign, packing="ou")
     gram = random_gram(q.w_int.shape, seed=6)
-    out = window(budget=0.2, error="output", compensate=True).orchestrate([q], [lay], grams={"layer": gram})[0]
+    out = window(budget=0.2, error="output", compensate=True, spend="budget").orchestrate([q], [lay],
+                                                                                   grams={"layer": gram})[0]
     patterns = allowed_patterns(out, lay)  # the windows the compensated weights ended in
     plain, infeasible = project_weights(q.w_int, patterns.masks, patterns.offset, patterns.top, patterns.n_bits)
     plain = np.where(infeasible | ~q.layer.mask, out.w_int, plain)
     compensated, uncompensated = output_error(q, out, gram)[0], output_error(q, q.with_weights(plain), gram)[0]
     assert compensated < 0.95 * uncompensated
     # and the refit also beats the uncompensated greedy at the same budget in sparsity or error
-    bare = window(budget=0.2, error="output", compensate=False).orchestrate([q], [lay], grams={"layer": gram})[0]
+    bare = window(budget=0.2, error="output", compensate=False, spend="budget").orchestrate([q], [lay],
+                                                                                     grams={"layer": gram})[0]
     assert occupied(out, lay).sum() <= occupied(bare, lay).sum()
 
 
@@ -172,9 +174,11 @@ def test_compensation_lowers_the_output_error_at_the_same_windows(sign):
 
 def test_pipeline_output_mode_on_digits():
     """The run computes the grams on the calibration inputs. On digits no budget up to 0.8 frees a crossbar
-    beyond the 10 of a 0.1 budget (either mode); at a large budget, at equal crossbars, the output-error
-    budget keeps the quantized accuracy far above the weight-error budget's (measured: 94.4 % against
-    52.2 % at 0.5). Without a dataset it is a ConflictError."""
+    beyond the 10 of a 0.1 budget (either mode). Spending the whole budget of 0.5, at equal crossbars, the
+    output-error budget keeps the quantized accuracy far above the weight-error budget's (measured: 94.4 %
+    against 52.2 %); ``spend: crossbars`` undoes the drops that freed no crossbar: the same 10 crossbars at
+    a weight error of 0.06 instead of 0.49, and the quantizer's 99.3 %. Without a dataset it is a
+    ConflictError."""
     from sme_plugin.config import load_config
     from sme_plugin.pipeline import run
     from sme_plugin.plugins import build_registry, plugin_manager
@@ -183,11 +187,15 @@ def test_pipeline_output_mode_on_digits():
     base = {"dataset": {"name": "digits", "samples": 270, "calibration": 256},
             "cell": {"name": "ideal"}, "adc": {"name": "ideal"}, "dac": {"name": "ideal", "bits": 1}}
     reports = {}
-    for error in ("weight", "output"):
-        config = {**base, "orchestrator": {"name": "window", "budget": 0.5, "error": error, "compensate": False}}
-        reports[error] = run(load_config(config, registry), registry)
-    weight, output = reports["weight"], reports["output"]
+    for error, spend in (("weight", "budget"), ("output", "budget"), ("weight", "crossbars")):
+        config = {**base, "orchestrator": {"name": "window", "budget": 0.5, "error": error, "compensate": False,
+                                           "spend": spend}}
+        reports[error, spend] = run(load_config(config, registry), registry)
+    weight, output, crossbars = reports["weight", "budget"], reports["output", "budget"], reports["weight", "crossbars"]
     assert output["totals"]["crossbars"]["sme"] <= weight["totals"]["crossbars"]["sme"]
     assert output["accuracy"]["quantized"] >= weight["accuracy"]["quantized"] + 20.0
+    assert crossbars["totals"]["crossbars"]["sme"] == weight["totals"]["crossbars"]["sme"]
+    assert crossbars["totals"]["weight_error"] < 0.2 * weight["totals"]["weight_error"]
+    assert crossbars["accuracy"]["quantized"] >= output["accuracy"]["quantized"]
     with pytest.raises(ConflictError, match="orchestrator.error: output needs a dataset"):
         run(load_config({"dataset": None, "orchestrator": {"name": "window", "error": "output"}}, registry), registry)
