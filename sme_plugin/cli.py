@@ -153,7 +153,8 @@ def config_data(args, registry) -> dict:
     """The config file's data with ``--set`` and ``--model`` applied: the model section keeps its params
     when it names the same model (otherwise it is replaced, with a warning naming what is dropped); the
     dataset becomes the model's own (a dataset of the same name) or none, unless the config already
-    picks that dataset or ``dataset: null``, or a ``--set dataset...`` chooses one."""
+    picks that dataset or ``dataset: null``, or ``--set dataset=...`` / ``--set dataset.name=...`` chooses one
+    (``--set dataset.samples=...`` alone sets a parameter of the model's own dataset)."""
     from .config import read_yaml
 
     data = read_yaml(args.config) if args.config else {}
@@ -168,8 +169,14 @@ def config_data(args, registry) -> dict:
                             args.model, _named(old), ", ".join(f"{k}: {v}" for k, v in dropped.items()))
             data["model"] = {"name": args.model}
         own = {"name": args.model} if args.model in registry.entries["dataset"] else None
-        chosen = any(parse_override(text)[0][0] == "dataset" for text in overrides)  # --set dataset...
-        if not (chosen or "dataset" in data and (data["dataset"] is None or _named(data["dataset"]) == args.model)):
+        chosen = any(parse_override(text)[0] in (["dataset"], ["dataset", "name"]) for text in overrides)
+        section = data.get("dataset")
+        if isinstance(section, dict) and "name" not in section and not chosen:  # --set dataset.samples=...
+            if own is None:
+                raise UsageError(f"--set dataset.{next(iter(section), '')}: model {args.model!r} has no dataset of its "
+                                 f"own; name one with --set dataset.name=...")
+            data["dataset"] = {**own, **section}
+        elif not (chosen or "dataset" in data and (section is None or _named(section) == args.model)):
             data["dataset"] = own
     return data
 

@@ -198,3 +198,16 @@ def test_model_flag_keeps_a_dataset_chosen_with_set(tmp_path):
     assert config_data(args, registry)["dataset"] == {"name": "photos"}
     args = _parser().parse_args(["run", "--model", "inception_v3"])
     assert config_data(args, registry)["dataset"] is None
+
+
+def test_model_flag_with_a_dataset_parameter_sets_it_on_the_models_own_dataset():
+    from sme_plugin.cli import config_data, _parser
+    from sme_plugin.errors import UsageError
+    from sme_plugin.plugins import build_registry, plugin_manager
+
+    registry = build_registry(plugin_manager(load_entrypoints=False))
+    args = _parser().parse_args(["run", "--model", "digits", "--set", "dataset.samples=30"])
+    assert config_data(args, registry)["dataset"] == {"name": "digits", "samples": 30}
+    args = _parser().parse_args(["run", "--model", "inception_v3", "--set", "dataset.samples=30"])
+    with pytest.raises(UsageError, match="has no dataset of its own"):
+        config_data(args, registry)

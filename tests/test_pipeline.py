@@ -64,7 +64,6 @@ def test_finetuning_within_the_bit_patterns_keeps_the_golden_rule():
 
 @pytest.mark.parametrize("data, message", [
     ({"dataset": None, "finetune": {"data": "distill"}}, "finetune: fine-tuning needs data"),
-    ({"finetune": {"data": "train"}}, "finetune.data: 'train' needs labelled training batches"),
 ])
 def test_finetuning_without_usable_data_is_a_conflict(data, message):
     with pytest.raises(ConflictError, match=message):
