@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from sme_plugin import greedy, orchestrate
 from sme_plugin.errors import ConflictError
 from sme_plugin.mapping import BitplaneMapper, HybridMapper, IsaacMapper, SmeMapper
-from sme_plugin.orchestrate import KBitsOrchestrator, NoOrchestrator, WindowOrchestrator, relative_error
+from sme_plugin.orchestrate import KBitsOrchestrator, NoOrchestrator, WindowOrchestrator, output_error, relative_error
 from sme_plugin.plugins import registry_of
 from sme_plugin.signs import encode, encoded_bits, scheme_offsets
 from sme_plugin.types import Geometry, Layer, Layout, QuantizedLayer
@@ -31,6 +31,15 @@ def make_q(shape=(2, 20, 6), bits=8, seed=0, density=0.8, exact=False):
         scale = rng.uniform(0.5, 2.0, size=(shape[0], 1, shape[2]))
     layer = Layer("layer", "conv", (scale * w_int).astype(np.float32), mask, None, shape[2])
     return QuantizedLayer(layer, w_int, scale, bits)
+
+
+def random_gram(shape, seed=0, samples=300):
+    """(P, N, N) second moments of correlated inputs with a non-zero mean."""
+    rng = np.random.default_rng(seed)
+    parts, rows, _ = shape
+    mix = rng.standard_normal((rows, rows)) / np.sqrt(rows)
+    x = rng.standard_normal((samples, parts, rows)) @ (np.eye(rows) + mix) + 0.5
+    return np.einsum("rpn,rpk->pnk", x, x)
 
 
 def window(**params):
@@ -538,3 +547,91 @@ def test_segments_and_offsets_come_from_the_layout():
     assert (used.sum(axis=1) <= 1).all()  # one cell group per 2-row segment-column
     assert np.array_equal(scheme_offsets("segment-offset", out.w_int, q.layer.mask, 6, 2),
                           scheme_offsets("segment-offset", q.w_int, q.layer.mask, 6, 2))
+
+
+# -- spend: crossbars ------------------------------------------------------------------------------------
+
+
+def mapped_crossbars(q, lay):
+    """Crossbars the ``sme`` mapper places ``q`` on under ``lay``."""
+    return SmeMapper(SmeMapper.Params(sign=lay.sign, packing=lay.packing)).map(q, lay.geometry, lay).crossbars
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 30), st.integers(1, 11)),
+    bits=st.integers(2, 8),
+    cell_bits=st.integers(1, 3),
+    sign=st.sampled_from(SCHEMES),
+    packing=st.sampled_from(["tile", "column", "ou"]),
+    segment=st.sampled_from(["auto", "tile", "column", "ou"]),
+    budget=st.floats(0, 1),
+    seed=st.integers(0, 100),
+)
+def test_crossbar_count_follows_the_mapper_through_the_drops(shape, bits, cell_bits, sign, packing, segment, budget,
+                                                             seed):
+    """The count the orchestrator tracks is the mapper's, before and after a greedy run, and the changes it
+    records per drop add up to the occupancy the run ends with."""
+    q = make_q(shape, bits, seed)
+    lay = layout(q, Geometry(rows=8, cols=3, ou_rows=2, cell_bits=cell_bits), sign=sign, packing=packing)
+    units = orchestrate._Units.build(q, lay, segment)
+    tracked = orchestrate._Tracked(orchestrate._WindowDrops(units), lay)
+    start = tracked.crossbars.base.copy()
+    assert tracked.crossbars.crossbars() == mapped_crossbars(q, lay)
+    greedy.spend([tracked], budget**2 * float(np.square(q.dequantized()).sum()))
+    after = q.with_weights(units.decoded())
+    end = orchestrate._Crossbars(units, lay)
+    assert end.crossbars() == mapped_crossbars(after, lay)
+    changes = [np.concatenate(part) for part in zip(*tracked.changes)] if tracked.changes else [np.zeros(0, int)] * 3
+    np.testing.assert_array_equal(start + np.bincount(changes[1], changes[2], minlength=start.size), end.base)
+    made, keep = tracked.kept()
+    assert (keep <= made).all() and made.sum() == sum(len(slots) for slots, _ in tracked.drops)
+
+
+def crossbars_and_errors(layers, lays, outs, grams):
+    """Per layer: (mapped crossbars, squared error in the budget's units: weight or, with grams, output)."""
+    errors = [output_error(q, o, grams[q.layer.name])[0] if grams else float(np.square(q.scale * (o.w_int - q.w_int)).sum())
+              for q, o in zip(layers, outs)]
+    return [mapped_crossbars(o, lay) for o, lay in zip(outs, lays)], errors
+
+
+def named(layers):
+    return [QuantizedLayer(Layer(f"l{i}", "conv", q.layer.weight, q.layer.mask, None, q.w_int.shape[2]), q.w_int,
+                           q.scale, q.bits) for i, q in enumerate(layers)]
+
+
+@pytest.mark.parametrize("packing", ["column", "ou", "tile"])
+@pytest.mark.parametrize("error,compensate", [("weight", False), ("output", False), ("output", True)])
+@pytest.mark.parametrize("scope", ["layer", "model"])
+def test_crossbars_mode_reaches_the_budget_modes_crossbars_with_less_error(packing, error, compensate, scope):
+    layers = named([make_q(shape=(2, 40, 14), seed=s) for s in range(2)])
+    lays = layouts(layers, Geometry(rows=16, cols=4, ou_rows=4), sign="segment-offset", packing=packing)
+    grams = {q.layer.name: random_gram(q.w_int.shape, seed) for seed, q in enumerate(layers)} if error == "output" else None
+    for budget in (0.1, 0.3):
+        params = {"budget": budget, "error": error, "compensate": compensate, "scope": scope}
+        spent = window(spend="budget", **params).orchestrate(layers, lays, grams=grams)
+        kept = window(**params).orchestrate(layers, lays, grams=grams)
+        (crossbars, errors), (fewer, least) = (crossbars_and_errors(layers, lays, o, grams) for o in (spent, kept))
+        assert fewer == crossbars and sum(crossbars) < sum(mapped_crossbars(q, lay) for q, lay in zip(layers, lays))
+        assert sum(least) <= sum(errors) * (1 + 1e-9)
+        if packing == "tile" and not compensate:  # every drop empties a plane-tile: nothing to undo
+            assert all(np.array_equal(a.w_int, b.w_int) for a, b in zip(spent, kept))
+
+
+@pytest.mark.parametrize("packing", ["column", "ou"])
+@pytest.mark.parametrize("error", ["weight", "output"])
+@pytest.mark.parametrize("scope", ["layer", "model"])
+def test_crossbars_mode_spends_nothing_that_frees_no_crossbar(packing, error, scope):
+    """Positive weights of one column use three plane-columns of one crossbar (four fit): the budget mode
+    drops the cheap low bits, which frees columns but no crossbar; the crossbars mode undoes them all."""
+    w = np.array([[[7], [5], [6], [7], [3], [7], [6], [5]]])
+    layers = named([QuantizedLayer(Layer("l", "conv", w.astype(np.float32), np.ones(w.shape, bool), None, 1), w,
+                                   np.ones((1, 1, 1)), 4)] * 2)
+    lays = layouts(layers, Geometry(rows=8, cols=4, ou_rows=4), packing=packing)
+    grams = {q.layer.name: random_gram(q.w_int.shape, seed) for seed, q in enumerate(layers)} if error == "output" else None
+    params = {"budget": 0.3, "error": error, "scope": scope}
+    spent = window(spend="budget", **params).orchestrate(layers, lays, grams=grams)
+    kept = window(**params).orchestrate(layers, lays, grams=grams)
+    (crossbars, errors), (fewer, least) = (crossbars_and_errors(layers, lays, o, grams) for o in (spent, kept))
+    assert crossbars == fewer == [1, 1] and min(errors) > 0 == max(least)
+    assert all(np.array_equal(o.w_int, q.w_int) for q, o in zip(layers, kept))

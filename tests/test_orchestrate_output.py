@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_orchestrate import layout, make_q
+from test_orchestrate import layout, make_q, named, random_gram
 from torch import nn
 
 from sme_plugin.activations import input_gram
@@ -22,7 +22,7 @@ from sme_plugin.orchestrate import (
     project_weights,
 )
 from sme_plugin.signs import encode, scheme_offsets
-from sme_plugin.types import Geometry, Layer, QuantizedLayer
+from sme_plugin.types import Geometry, QuantizedLayer
 
 GEOMETRY = Geometry(rows=8, cols=4, ou_rows=4, cell_bits=1)
 CASES = [(sign, packing) for sign in ("differential", "offset", "segment-offset") for packing in ("ou", "column", "tile")]
@@ -30,15 +30,6 @@ CASES = [(sign, packing) for sign in ("differential", "offset", "segment-offset"
 
 def window(**params):
     return WindowOrchestrator(WindowOrchestrator.Params(**params))
-
-
-def random_gram(shape, seed=0, samples=300):
-    """(P, N, N) second moments of correlated inputs with a non-zero mean."""
-    rng = np.random.default_rng(seed)
-    parts, rows, _ = shape
-    mix = rng.standard_normal((rows, rows)) / np.sqrt(rows)
-    x = rng.standard_normal((samples, parts, rows)) @ (np.eye(rows) + mix) + 0.5
-    return np.einsum("rpn,rpk->pnk", x, x)
 
 
 # ------------------------------------------------------------------------------------------- input_gram
@@ -140,9 +131,7 @@ def test_every_weight_stays_in_its_window(sign, packing):
 
 
 def test_model_scope_budget_holds_over_the_layers():
-    layers = [make_q(shape=(1, 24, 5), seed=s) for s in range(3)]
-    layers = [QuantizedLayer(Layer(f"l{i}", "conv", q.layer.weight, q.layer.mask, None, 5), q.w_int, q.scale, q.bits)
-              for i, q in enumerate(layers)]
+    layers = named([make_q(shape=(1, 24, 5), seed=s) for s in range(3)])
     lays = [layout(q, GEOMETRY, sign="segment-offset", packing="ou") for q in layers]
     grams = {q.layer.name: random_gram(q.w_int.shape, seed=10 + i) for i, q in enumerate(layers)}
     out = window(budget=0.15, error="output", scope="model").orchestrate(layers, lays, grams=grams)
@@ -187,10 +176,10 @@ def test_pipeline_output_mode_on_digits():
     base = {"dataset": {"name": "digits", "samples": 270, "calibration": 256},
             "cell": {"name": "ideal"}, "adc": {"name": "ideal"}, "dac": {"name": "ideal", "bits": 1}}
     reports = {}
-    for error, spend in (("weight", "budget"), ("output", "budget"), ("weight", "crossbars")):
+    for error, mode in (("weight", "budget"), ("output", "budget"), ("weight", "crossbars")):
         config = {**base, "orchestrator": {"name": "window", "budget": 0.5, "error": error, "compensate": False,
-                                           "spend": spend}}
-        reports[error, spend] = run(load_config(config, registry), registry)
+                                           "spend": mode}}
+        reports[error, mode] = run(load_config(config, registry), registry)
     weight, output, crossbars = reports["weight", "budget"], reports["output", "budget"], reports["weight", "crossbars"]
     assert output["totals"]["crossbars"]["sme"] <= weight["totals"]["crossbars"]["sme"]
     assert output["accuracy"]["quantized"] >= weight["accuracy"]["quantized"] + 20.0
