@@ -518,13 +518,25 @@ class _WindowDrops:
         return slots[:, None]
 
 
+def _starts(keys: np.ndarray) -> np.ndarray:
+    """(K,) bool: whether each of the sorted ``keys`` starts a run of equal keys."""
+    return np.r_[True, keys[1:] != keys[:-1]][: len(keys)]
+
+
+def _in_turn(pools: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The order that sorts changes by (pool, time), and their sorted (pool, time) keys."""
+    key = pools * (time.max(initial=0) + 1) + time
+    order = np.argsort(key, kind="stable")
+    return order, key[order]
+
+
 def _running(pools: np.ndarray, time: np.ndarray, change: np.ndarray, base: np.ndarray) -> np.ndarray:
     """Total of each change's pool just after it: ``base[pool]`` plus the pool's changes so far, taken in
     ``time`` order (changes of one pool at one time in any order)."""
-    order = np.lexsort((time, pools))
+    order, _ = _in_turn(pools, time)
     pool, step = pools[order], change[order]
     total = np.cumsum(step)
-    start = np.maximum.accumulate(np.where(np.r_[True, pool[1:] != pool[:-1]], np.arange(len(pool)), 0))
+    start = np.maximum.accumulate(np.where(_starts(pool), np.arange(len(pool)), 0))
     out = np.empty(len(pool), dtype=np.int64)
     out[order] = base[pool] + total - total[start] + step[start]
     return out
@@ -627,17 +639,17 @@ class _Crossbars:
             total = _running(pools, time, change, base)
             after = count(total)
             change = after - count(total - change)
-        order = np.lexsort((time, pools))
-        pool, at, after = pools[order], time[order], after[order]
-        final = np.r_[(pool[1:] != pool[:-1]) | (at[1:] != at[:-1]), True]  # each pool's count after each drop
-        pool, at, after = pool[final], at[final], after[final]
+        order, turns = _in_turn(pools, time)
+        final = order[_starts(turns[::-1])[::-1]]  # each pool's count after each of its drops
+        pool, at, after = pools[final], time[final], after[final]
+        first = np.flatnonzero(_starts(pool))  # each pool's first drop
         start = count(base)
-        fewest = start.copy()
-        np.minimum.at(fewest, pool, after)
-        reached = (after == fewest[pool]) & (after < start[pool])
+        fewest = np.minimum(np.minimum.reduceat(after, first), start[pool[first]])
+        reached = np.flatnonzero((after == np.repeat(fewest, np.diff(np.r_[first, len(pool)])))
+                                 & (after < start[pool]))
+        reached = reached[_starts(pool[reached])]  # the first time per pool
         cut = np.full(len(start), -1, dtype=np.int64)
-        first, index = np.unique(pool[reached], return_index=True)
-        cut[first] = at[reached][index]
+        cut[pool[reached]] = at[reached]
         return time <= cut[pool_of[key]]
 
 
@@ -650,8 +662,8 @@ class _Tracked:
         self.problem, self.size = problem, problem.size
         self.crossbars = _Crossbars(problem.units, layout)
         self.cost = np.full(problem.size, np.inf)  # each slot's open proposal
-        self.drops = []  # per apply: (slots, costs)
-        self.changes = []  # per apply: (drop, key, delta)
+        self.drops = []  # per apply: (slots, their turns in the engine's order)
+        self.changes = []  # per apply: (turn, key, delta)
         self.applied = 0
 
     def proposals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -663,28 +675,29 @@ class _Tracked:
         actual = self.problem.apply(slots)
         units = self.problem.units_of(slots)
         row, key, delta = self.crossbars.changes(units.ravel())
-        self.changes.append((self.applied + row // units.shape[1], key, delta))
-        self.drops.append((slots, self.cost[slots]))
+        turn = np.empty(len(slots), dtype=np.int64)  # the engine accepts by (cost, slot)
+        turn[np.argsort(self.cost[slots], kind="stable")] = self.applied + np.arange(len(slots))
+        self.drops.append((slots, turn))
+        self.changes.append((turn[row // units.shape[1]], key, delta))
         self.applied += len(slots)
         return actual
 
     def kept(self) -> tuple[np.ndarray, np.ndarray]:
         """(size,) drops each slot made and (size,) how many of them to keep: up to its last one that comes
         no later than the drop at which a pool it changed first had its fewest crossbars
-        (:meth:`_Crossbars.needed`). Drops come in the engine's order: by round, then (cost, slot)."""
+        (:meth:`_Crossbars.needed`). Drops are taken in the engine's order: by round, then (cost, slot)."""
+        made, keep = np.zeros(self.size, dtype=np.int64), np.zeros(self.size, dtype=np.int64)
         if not self.drops:
-            return np.zeros(self.size, dtype=np.int64), np.zeros(self.size, dtype=np.int64)
-        slot, cost = (np.concatenate(part) for part in zip(*self.drops))
-        rounds = np.repeat(np.arange(len(self.drops)), [len(slots) for slots, _ in self.drops])
-        time = np.empty(len(slot), dtype=np.int64)
-        time[np.lexsort((slot, cost, rounds))] = np.arange(len(slot))
-        drop, key, delta = (np.concatenate(part) for part in zip(*self.changes))
-        needed = np.bincount(drop[self.crossbars.needed(time[drop], key, delta)], minlength=len(slot)) > 0
-        order = np.lexsort((time, slot))  # each slot's drops in turn
-        rank = np.empty(len(slot), dtype=np.int64)
-        rank[order] = np.arange(len(slot)) - np.searchsorted(slot[order], slot[order])
-        keep = np.zeros(self.size, dtype=np.int64)
-        np.maximum.at(keep, slot[needed], rank[needed] + 1)
+            return made, keep
+        slot, turn = (np.concatenate(part) for part in zip(*self.drops))
+        time, key, delta = (np.concatenate(part) for part in zip(*self.changes))
+        needed = np.bincount(time[self.crossbars.needed(time, key, delta)], minlength=len(turn)) > 0  # by turn
+        order = np.argsort(slot * len(turn) + turn)  # each slot's drops in turn
+        slot, turn = slot[order], turn[order]
+        rank = np.arange(len(slot)) - np.searchsorted(slot, slot)
+        last = np.flatnonzero(needed[turn])
+        last = last[_starts(slot[last][::-1])[::-1]]  # each slot's last needed drop
+        keep[slot[last]] = rank[last] + 1
         return np.bincount(slot, minlength=self.size), keep
 
 
