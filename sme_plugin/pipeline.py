@@ -28,6 +28,9 @@ from .validate import build_stages
 
 #: mappings whose accuracy the host measures: SME and the ISAAC mapping of the same weights on the same cells
 SIMULATED = ("sme", "isaac")
+#: the accuracy figures :func:`run` can measure: float model, digital integer models (the quantizer's and
+#: SME's final weights), each simulated mapping of :data:`SIMULATED`, and each layer's output error.
+MEASURES = frozenset({"float", "quantizer_only", "quantized", *SIMULATED, "output_error"})
 log = logging.getLogger(__name__)
 #: progress bars go to stderr (results go to stdout)
 STDERR = Console(stderr=True)
@@ -178,11 +181,12 @@ def crossbar_totals(costs_by_label: dict[str, list[dict]]) -> tuple[dict, dict]:
     return crossbars, reductions
 
 
-def run(config: Config, registry: Registry, progress: bool = False, evaluate_accuracy: bool = True) -> dict:
+def run(config: Config, registry: Registry, progress: bool = False, measure: frozenset[str] = MEASURES) -> dict:
     """Run the whole pipeline for a validated config; returns the report dict.
 
-    evaluate_accuracy: False skips the accuracy simulation even when a dataset is configured (the
-    dataset then only feeds calibration: data-aware orchestration, fine-tuning)."""
+    measure: the accuracy figures to compute when a dataset is configured (a subset of :data:`MEASURES`;
+    the others stay None); empty: none (the dataset then only feeds calibration: data-aware
+    orchestration, fine-tuning)."""
     timing, started = {}, time.perf_counter()
 
     def lap(name):
@@ -232,8 +236,9 @@ def run(config: Config, registry: Registry, progress: bool = False, evaluate_acc
 
     log.info("map, squeeze and cost %d layers", len(layers))
     periphery = Periphery(adc=stages.adc, dac=stages.dac, activation_bits=config.activations.bits)
-    simulate = dataset is not None and evaluate_accuracy
-    mapped = {label: {} for label in SIMULATED}
+    simulate = dataset is not None and bool(measure)
+    kept = [label for label in SIMULATED if label == "sme" or label in measure or "output_error" in measure]
+    mapped = {label: {} for label in kept}
     layer_reports, error_sums = [], np.zeros(2)
     costs_by_label = {label: [] for label in [*baselines, "sme"]}
     steps = track(list(zip(quantized, layouts)), "map + squeeze", disable=not progress, console=STDERR)
@@ -248,7 +253,7 @@ def run(config: Config, registry: Registry, progress: bool = False, evaluate_acc
         layer_reports.append(layer_report(before, sme, costs))
         error_sums += squared_errors(before, sme.quantized)
         if simulate:  # placements are only kept when the host needs them
-            for label in SIMULATED:
+            for label in kept:
                 mapped[label][sme.name] = layer_mappings[label]
     lap("map+squeeze+costs")
 
@@ -288,12 +293,13 @@ def run(config: Config, registry: Registry, progress: bool = False, evaluate_acc
         report["finetune"] = {"params": config.finetune.model_dump(mode="json"), "history": tuned.history,
                               "reused": tuned.reused}
     if simulate:
-        log.info("simulate %s through the crossbars on %d samples", ", ".join(SIMULATED), dataset.test.samples)
+        log.info("simulate %s through the crossbars on %d samples", ", ".join(kept), dataset.test.samples)
         report["accuracy"] = evaluate(config, stages, folded, quantized, mapped, dataset, progress,
-                                      tuned.model if keep_patterns else None)
+                                      tuned.model if keep_patterns else None, measure)
         errors = report["accuracy"].pop("output_error")
         for entry in layer_reports:
-            entry["output_error"] = {label: errors[label][entry["name"]] for label in SIMULATED}
+            if errors:
+                entry["output_error"] = {label: errors[label][entry["name"]] for label in errors}
         lap("accuracy")
     return report
 
@@ -341,13 +347,14 @@ def finetune_layers(config: Config, model, layers: list[QuantizedLayer], layouts
 
 
 def evaluate(config: Config, stages: Stages, model, quantized, mapped, dataset, progress: bool = False,
-             tuned_model=None) -> dict:
+             tuned_model=None, measure: frozenset[str] = MEASURES) -> dict:
     """Accuracy of the float model, the digital integer models and every simulated mapping, and each
     simulated layer's output error on the calibration inputs. On unlabelled data (``dataset.labelled``
     False) every accuracy is top-1 agreement with the float model (``metric`` says which).
 
-    mapped: label -> {layer name: MappedLayer} for each label of :data:`SIMULATED`; each runs through the
-    same cells, ADC and DAC (with the same seed). tuned_model: the fine-tuned float model SME's layers
+    mapped: label -> {layer name: MappedLayer} for ``sme`` and each other label of :data:`SIMULATED` to
+    simulate; each runs through the same cells, ADC and DAC (with the same seed). measure: the figures to
+    compute (:data:`MEASURES`; the others are None). tuned_model: the fine-tuned float model SME's layers
     come from (its biases and the other layers), None without fine-tuning within the bit patterns.
     Returns the accuracy section of the report, its ``output_error`` being label -> {layer name: relative
     RMS error}."""
@@ -358,6 +365,8 @@ def evaluate(config: Config, stages: Stages, model, quantized, mapped, dataset, 
         test = agreement_batches(model, test)
     simulation = Simulation(cell=stages.cell, adc=stages.adc, dac=stages.dac, activation_bits=bits, seed=config.seed)
     models = {"isaac": model, "sme": model if tuned_model is None else tuned_model}
+    needed = {"isaac": {"isaac", "quantizer_only"}, "sme": {"sme", "quantized"}}
+    models = {label: m for label, m in models.items() if needed[label] & measure or label in mapped}
     scales = {label: calibrate_activations(m, names, dataset.calibration) for label, m in models.items()}
     weights = {"isaac": {q.layer.name: q for q in quantized}, "sme": {n: m.quantized for n, m in mapped["sme"].items()}}
     digital = {label: digital_model(models[label], weights[label], bits, scales[label]) for label in models}
@@ -367,16 +376,24 @@ def evaluate(config: Config, stages: Stages, model, quantized, mapped, dataset, 
         "samples": test.samples,
         "calibration_samples": dataset.calibration.samples,
         **({"dataset_details": dataset.details} if dataset.details else {}),
-        "float": accuracy(model, test),
-        **({"float_finetuned": accuracy(tuned_model, test)} if tuned_model is not None else {}),
-        "quantizer_only": accuracy(digital["isaac"], test),
-        "quantized": accuracy(digital["sme"], test),
+        **dict.fromkeys(sorted(MEASURES - {"output_error"})),
         "output_error": {},
     }
+    if "float" in measure:
+        result["float"] = accuracy(model, test)
+        if tuned_model is not None:
+            result["float_finetuned"] = accuracy(tuned_model, test)
+    for key, label in (("quantizer_only", "isaac"), ("quantized", "sme")):
+        if key in measure:
+            result[key] = accuracy(digital[label], test)
     for label, layers in mapped.items():
+        if label not in measure and "output_error" not in measure:
+            continue
         with section("host"):
             simulated = stages.host.build(models[label], layers, simulation, scales[label],
                                           calibration_inputs=dataset.calibration)
-        result[label] = accuracy(simulated, test, f"simulate {label} crossbars", progress)
-        result["output_error"][label] = output_errors(simulated, digital[label], list(layers), dataset.calibration)
+        if label in measure:
+            result[label] = accuracy(simulated, test, f"simulate {label} crossbars", progress)
+        if "output_error" in measure:
+            result["output_error"][label] = output_errors(simulated, digital[label], list(layers), dataset.calibration)
     return result

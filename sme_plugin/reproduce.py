@@ -128,8 +128,7 @@ def curve_point(report: dict, budget: float, finetuned: bool) -> dict:
         "reduction_vs_isaac": totals["reductions"]["vs_isaac"],
         "weight_error": totals["weight_error"],
         "accuracy": _accuracy(report),
-        "int8": _accuracy(report, "quantizer_only"),
-        "float": _accuracy(report, "float_finetuned" if finetuned else "float"),
+        **({"float_finetuned": _accuracy(report, "float_finetuned")} if finetuned else {}),
     }
 
 
@@ -169,13 +168,14 @@ class Reproduction:
                 load_config(point_config(study, plan, plan.budgets[0], finetune=True), registry,
                             source=f"reproduce {model} (fine-tuned)")
 
-    def run_point(self, data: dict, label: str, evaluate_accuracy: bool = True) -> dict:
+    def run_point(self, data: dict, label: str, measure=frozenset({"sme"})) -> dict:
+        """One pipeline run; ``measure``: the accuracy figures it computes (:data:`sme_plugin.pipeline.MEASURES`)."""
         from .config import load_config
         from .pipeline import run
 
         config = load_config(data, self.registry, source=f"reproduce: {label}")
         started = time.perf_counter()
-        report = run(config, self.registry, progress=self.progress, evaluate_accuracy=evaluate_accuracy)
+        report = run(config, self.registry, progress=self.progress, measure=frozenset(measure))
         log.info("%s: %d SME crossbars (%.2fx vs isaac16), %s %% in %.0f s", label, report["totals"]["crossbars"]["sme"],
                  report["totals"]["reductions"]["vs_isaac16"] or 0, report["accuracy"].get("sme"),
                  time.perf_counter() - started)
@@ -185,15 +185,17 @@ class Reproduction:
         """(the model's entry of ``reproduce.json``, the operating point's full report for its figure)."""
         plan, study = self.plan, self.plan.studies[name]
         started = time.perf_counter()
-        sliced = self.run_point(point_config(study, plan, None, squeeze=False), f"{name} slice/splice", False)
+        sliced = self.run_point(point_config(study, plan, None, squeeze=False), f"{name} slice/splice", ())
         reports, points = {}, []
-        for budget in plan.budgets:
-            reports[(budget, False)] = report = self.run_point(point_config(study, plan, budget), f"{name} budget {budget}")
+        for budget in plan.budgets:  # float and INT8 once: they do not depend on the budget
+            measure = {"sme", "float", "quantizer_only"} if not reports else {"sme"}
+            reports[(budget, False)] = report = self.run_point(point_config(study, plan, budget),
+                                                               f"{name} budget {budget}", measure)
             points.append(curve_point(report, budget, False))
         tuned = plan.finetune and study.finetune is not None and study.dataset is not None
         for budget in plan.finetune_budgets if tuned else ():
             reports[(budget, True)] = report = self.run_point(point_config(study, plan, budget, finetune=True),
-                                                              f"{name} budget {budget} fine-tuned")
+                                                              f"{name} budget {budget} fine-tuned", {"sme", "float"})
             points.append(curve_point(report, budget, True))
         first = reports[(plan.budgets[0], False)]
         int8 = _accuracy(first, "quantizer_only")
@@ -201,7 +203,7 @@ class Reproduction:
         best_tuned = operating_point([p for p in points if p["finetuned"]], int8, plan.tolerance) if tuned else None
         chosen = reports[(best["budget"], False)]
         orchestrated = self.run_point(point_config(study, plan, best["budget"], squeeze=False),
-                                      f"{name} budget {best['budget']} without squeeze-out", False)
+                                      f"{name} budget {best['budget']} without squeeze-out", ())
         crossbars = {label: sliced["totals"]["crossbars"][label] for label in BASELINES}
         crossbars.update(sme_slice=sliced["totals"]["crossbars"]["sme"],
                          sme_orchestrated=orchestrated["totals"]["crossbars"]["sme"], sme=best["crossbars"])
@@ -231,7 +233,7 @@ class Reproduction:
             "seconds": round(time.perf_counter() - started, 1),
         }
         if study.dataset is not None:
-            acc = chosen["accuracy"]
+            acc = first["accuracy"]
             metric_key = "accuracy" if acc["metric"] == "top-1 accuracy" else "agreement"
             entry[metric_key] = {"float": acc["float"], "int8": acc["quantizer_only"], "sme": best["accuracy"],
                                  "sme_finetuned": None if best_tuned is None else best_tuned["accuracy"]}
