@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="accuracy points below INT8 the operating point may lose (default 0.3)")
     reproduce.add_argument("--samples", type=int, help="cap on test samples per model (default: all)")
     reproduce.add_argument("--readme", metavar="README.md", help="also rewrite this README's results section")
+    reproduce.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                           help="models reproduced at once, one process each (default: 2 where there are 2 cores)")
     reproduce.add_argument("--no-progress", action="store_true", help="hide progress bars")
     validate = sub.add_parser("validate", parents=[common],
                               help="check a config: every stage built, settings that cannot work together")
@@ -361,6 +363,8 @@ def _reproduce(args, verbosity: int) -> int:
     why = output_problem(args.output)
     if why:
         raise OutputError(f"--output: {why}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs: {args.jobs} is not a positive number of processes")
     if args.samples is not None and args.samples < 1:
         raise UsageError(f"--samples: {args.samples} is not a positive number of samples")
     if args.readme is not None:  # a README that cannot take the results fails now, not after the runs
@@ -383,7 +387,7 @@ def _reproduce(args, verbosity: int) -> int:
 
     with prepare_output(args.output) as directory:
         with _heartbeat(verbosity >= 0 and not progress, f"reproduce {' '.join(plan.models)} -> {directory}"):
-            document, reports = reproduction.run()
+            document, reports = reproduction.run(args.jobs)
             paths = write(document, reports, directory, args.readme)
     from .reproduce import markdown
 

@@ -122,3 +122,13 @@ def test_the_projects_readme_has_the_results_section():
     readme = Path(__file__).resolve().parents[1] / "README.md"
     text = readme.read_text(encoding="utf-8")
     assert readme_with(text, "x\n", "README.md").count("x\n") >= 1
+
+
+def test_models_reproduced_in_processes_match_one_process():
+    plan = Plan(models=("digits", "mobilenet_v2"), budgets=(0.1,), finetune_budgets=(), finetune=False, samples=100)
+    parallel, _ = Reproduction(plan, REGISTRY).run(jobs=2)
+    serial, _ = Reproduction(plan, REGISTRY).run(jobs=1)
+    assert list(parallel["models"]) == ["digits", "mobilenet_v2"]
+    for name in plan.models:
+        for key in ("crossbars", "reductions", "curve", "accuracy"):
+            assert parallel["models"][name].get(key) == serial["models"][name].get(key), (name, key)
