@@ -713,6 +713,8 @@ def output_error(before: QuantizedLayer, after: QuantizedLayer, gram: np.ndarray
 
 #: relative damping GPTQ adds to the diagonal of H before inverting it (times its mean diagonal)
 DAMPING = 0.01
+#: rows a refit fixes one by one before it spreads their errors over the rows below in one product
+REFIT_ROWS = 128
 
 
 class _OutputDrops:
@@ -915,7 +917,9 @@ class _OutputDrops:
 
     def _refit_columns(self, part: int, cols: np.ndarray) -> None:
         """GPTQ-style pass over the rows of ``cols`` of ``part``: project each weight onto its window, spread
-        the error over the rows below with the Cholesky factor of H^-1; keep it per column where it is better."""
+        the error over the rows below with the Cholesky factor of H^-1 (within a block of :data:`REFIT_ROWS`
+        rows row by row, below it once per block, GPTQ's lazy batch update); keep it per column where it is
+        better."""
         u, n = self.units, self.n
         n_sets, _, row_blocks, col_blocks = u.blocks
         factor = self._factor(part)
@@ -927,13 +931,16 @@ class _OutputDrops:
         w0, current = self.w0[part, :n][:, cols], self.w[part, :n][:, cols]
         target = w0.astype(np.float64)
         out = np.empty_like(current)
-        for i in range(n):
-            x = target[i]
-            weight, infeasible = project_weights(x, masks[:, i], offset[i], u.top, u.n_bits)
-            weight = np.where(pinned[i], w0[i], np.where(infeasible, current[i], weight))
-            out[i] = weight
-            if i + 1 < n:
-                target[i + 1 :] -= np.outer(factor[i, i + 1 :], (x - weight) / factor[i, i])
+        for start in range(0, n, REFIT_ROWS):
+            stop = min(start + REFIT_ROWS, n)
+            error = np.empty((stop - start, len(cols)))  # (x - w') / U_ii of the block's rows
+            for i in range(start, stop):
+                x = target[i]
+                weight, infeasible = project_weights(x, masks[:, i], offset[i], u.top, u.n_bits)
+                out[i] = np.where(pinned[i], w0[i], np.where(infeasible, current[i], weight))
+                error[i - start] = (x - out[i]) / factor[i, i]
+                target[i + 1 : stop] -= np.outer(factor[i, i + 1 : stop], error[i - start])
+            target[stop:] -= factor[start:stop, stop:].T @ error
         old = self.scale2[part, cols] * np.einsum("nk,nk->k", current - w0, self.gram[part] @ (current - w0))
         new = self.scale2[part, cols] * np.einsum("nk,nk->k", out - w0, self.gram[part] @ (out - w0))
         better = new < old
