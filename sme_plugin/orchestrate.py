@@ -4,7 +4,8 @@
 - ``kbits`` limits every magnitude to at most k non-zero bits.
 - ``window`` keeps, per segment of the configured mapping and per sign set, only a window of cell groups
   (a group = ``cell_bits`` bits, one crossbar column per weight column), either a fixed number of
-  contiguous groups or as many dropped groups as a relative weight-error budget allows.
+  contiguous groups or as many dropped groups as a relative weight- or output-error budget allows, by
+  default keeping only the drops that free crossbars.
 """
 
 from __future__ import annotations
