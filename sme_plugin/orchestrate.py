@@ -1048,9 +1048,7 @@ class WindowOrchestrator:
         problem = lambda i: _WindowDrops(build(i))
         if self.params.mode == "budget" and self.params.scope == "model":
             norm = sum(_squared_norm(q) for q in layers)
-            problems = self._spend(sparse, [problem(i) for i in sparse], self.params.budget**2 * norm, layouts,
-                                   problem)
-            for i, drops in zip(sparse, problems):
+            for i, drops in zip(sparse, self._spend(sparse, problem, lambda _: norm, layouts)):
                 out[i] = layers[i].with_weights(drops.units.decoded())
             return out
         for i in sparse:
@@ -1058,22 +1056,23 @@ class WindowOrchestrator:
                 units = build(i)
                 self._fixed(units)
             else:
-                (drops,) = self._spend([i], [problem(i)], self.params.budget**2 * _squared_norm(layers[i]), layouts,
-                                       problem)
+                (drops,) = self._spend([i], problem, lambda own: _squared_norm(own[0].units.quantized), layouts)
                 units = drops.units
             out[i] = layers[i].with_weights(units.decoded())
             del units
         return out
 
-    def _spend(self, indices: list[int], problems: list, allowance: float, layouts: list[Layout], rebuild) -> list:
-        """Spend ``allowance`` on the greedy ``problems`` of layers ``indices`` (:func:`sme_plugin.greedy.spend`);
-        with ``spend: crossbars`` then undo the drops that freed no crossbar: a layer that made some is built
-        afresh (``rebuild(index)``) and carries out only the drops it keeps (:func:`sme_plugin.greedy.replay`).
-        Returns the final problems."""
+    def _spend(self, indices: list[int], problem, norm, layouts: list[Layout]) -> list:
+        """The greedy problems ``problem(index)`` of layers ``indices`` after spending ``budget**2 *
+        norm(problems)`` on them (:func:`sme_plugin.greedy.spend`). With ``spend: crossbars`` the drops that
+        freed no crossbar are then undone: a layer that made some is built afresh and carries out only the
+        drops it keeps (:func:`sme_plugin.greedy.replay`)."""
+        problems = [problem(i) for i in indices]
+        allowance = self.params.budget**2 * norm(problems)
         if self.params.spend == "budget":
             spend(problems, allowance)
             return problems
-        tracked = [_Tracked(problem, layouts[i]) for i, problem in zip(indices, problems)]
+        tracked = [_Tracked(drops, layouts[i]) for i, drops in zip(indices, problems)]
         del problems
         spend(tracked, allowance)
         final = []
@@ -1083,7 +1082,7 @@ class WindowOrchestrator:
                 final.append(tracked[j].problem)
             else:
                 tracked[j] = None  # release this layer's state before building it again
-                final.append(rebuild(i))
+                final.append(problem(i))
                 replay(final[-1], keep)
         return final
 
@@ -1092,10 +1091,9 @@ class WindowOrchestrator:
         group drops priced per column freed, refitting as it goes; fixed mode refits within its windows."""
         problem = lambda i, units: _OutputDrops(units, grams[layers[i].layer.name], self.params.compensate)
         fresh = lambda i: problem(i, build(i))
+        norm = lambda problems: sum(drops.norm for drops in problems)
         if self.params.mode == "budget" and self.params.scope == "model":
-            problems = [fresh(i) for i in sparse]
-            allowance = self.params.budget**2 * sum(p.norm for p in problems)
-            for i, drops in zip(sparse, self._spend(sparse, problems, allowance, layouts, fresh)):
+            for i, drops in zip(sparse, self._spend(sparse, fresh, norm, layouts)):
                 out[i] = layers[i].with_weights(drops.weights())
             return out
         for i in sparse:
@@ -1108,8 +1106,7 @@ class WindowOrchestrator:
                 drops.refit(np.arange(drops.size))
                 del units
             else:
-                drops = fresh(i)
-                (drops,) = self._spend([i], [drops], self.params.budget**2 * drops.norm, layouts, fresh)
+                (drops,) = self._spend([i], fresh, norm, layouts)
             out[i] = layers[i].with_weights(drops.weights())
             del drops
         return out
