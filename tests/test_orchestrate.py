@@ -515,6 +515,12 @@ def test_greedy_engine_spends_cheapest_per_saving_first():
     assert result.rounds == 2
 
 
+def test_replay_carries_out_the_first_proposals_of_each_slot_whatever_they_cost():
+    problem = Chains([[(3.0, 3.0)], [(1.0, 2.0), (9.0, 2.0), (0.5, 1.0)], [(2.0, 2.0)], [None]])
+    assert greedy.replay(problem, np.array([1, 2, 0, 1])) == 2  # slot 3 has nothing to offer
+    assert problem.position == [1, 2, 0, 0]
+
+
 def test_window_problem_asks_only_changed_units(monkeypatch):
     """Per-round work follows what changed: after the first round only the units just changed are
     re-evaluated, never the whole layer."""
