@@ -63,6 +63,13 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded
 
 
+def unfolded_batchnorms(folded: nn.Module) -> list[str]:
+    """Names of the BatchNorm layers :func:`fold_batchnorm` left in ``folded`` (not right after a Conv2d
+    that only they use, a module called more than once, or no running statistics): they run as float
+    operations between the mapped layers, whose weights stay unfolded."""
+    return [name for name, module in folded.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+
+
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module):
     """Run ``model`` in eval mode (BatchNorm statistics untouched), restoring every module's flag."""

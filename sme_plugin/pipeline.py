@@ -19,7 +19,7 @@ from .errors import ConfigError, ConflictError, WeightsError
 from .finetune import PATTERN_METHODS, finetune
 from .flow import LayerFlow, baseline_mappers, section
 from .host import Simulation
-from .layers import extract_layers, fold_batchnorm
+from .layers import extract_layers, fold_batchnorm, unfolded_batchnorms
 from .orchestrate import relative_error
 from .plugins import Registry
 from .simulator import calibrate_activations, digital_model, run_batches
@@ -199,6 +199,10 @@ def run(config: Config, registry: Registry, progress: bool = False, measure: fro
     stages = Stages.build(config)
     bundle = stages.model.build()
     folded = fold_batchnorm(bundle.module)
+    unfolded = unfolded_batchnorms(folded)
+    if unfolded:
+        log.warning("%d BatchNorm layer(s) could not be folded into a preceding conv and run unfolded, in float: %s",
+                    len(unfolded), ", ".join(unfolded[:5]) + (" ..." if len(unfolded) > 5 else ""))
     layers = extract_layers(folded, bundle.input_shape, config.crossbar.depthwise, config.crossbar.rows)
     check_finite(layers)
     dataset = load_dataset(stages, bundle)
@@ -268,6 +272,7 @@ def run(config: Config, registry: Registry, progress: bool = False, measure: fro
             "input_shape": list(bundle.input_shape),
             "layers": len(layers),
             "depthwise": config.crossbar.depthwise,
+            "batchnorm_unfolded": unfolded,
             **({"details": bundle.details} if getattr(bundle, "details", None) else {}),
         },
         "geometry": {**asdict(geometry), "cell": config.strategies["cell"].name},

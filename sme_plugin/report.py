@@ -197,6 +197,9 @@ def markdown(report: dict, extra_sections=()) -> str:
         f"Crossbars {g['rows']}x{g['cols']}, {g['cell']} cells of {g['cell_bits']} bit(s), OU rows {g['ou_rows']}, "
         f"depthwise convention `{model['depthwise']}`; config: {report['config_source']}; "
         f"SME {report.get('sme_version', '?')}.",
+        *([f"BatchNorm not folded (it could not be folded into the conv before it; it runs in float between the "
+           f"mapped layers, whose weights stay unfolded): {', '.join(model['batchnorm_unfolded'])}."]
+          if model.get("batchnorm_unfolded") else []),
         "## Configuration",
         _components(report),
         "## SME next to each baseline (per inference)",

@@ -44,6 +44,7 @@ def test_default_pipeline_saves_crossbars_and_keeps_accuracy(tmp_path):
     assert set(layer["crossbars"]) == {"sme", "isaac", "isaac16", "bitplane"}
     assert len(layer["bit_sparsity"]) == 7
     assert totals["weights"] == sum(lay["weights"] for lay in report["layers"])
+    assert report["model"]["batchnorm_unfolded"] == []  # the digits CNN's BatchNorms all fold
     assert {"area_mm2", "energy_uj", "latency_us"} <= set(report["costs"]["sme"])
     assert "# SME report" in (out / "report.md").read_text()
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md", "summary.png"]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
-from sme_plugin.layers import extract_layers, fold_batchnorm
+from sme_plugin.layers import extract_layers, fold_batchnorm, unfolded_batchnorms
 from sme_plugin.models import MobileNetV2Model, ResNet50Model
 
 
@@ -55,6 +55,7 @@ def test_fold_batchnorm_matches_and_keeps_names():
     assert isinstance(folded.block[1], nn.Identity) and isinstance(folded.bn_c, nn.Identity)
     assert isinstance(folded.shared_bn, nn.BatchNorm2d) and isinstance(folded.plain_bn, nn.BatchNorm2d)
     assert folded.conv_b.bias is None and folded.conv_c.bias is not None
+    assert unfolded_batchnorms(folded) == ["shared_bn", "plain_bn"]  # reported, never skipped silently
     assert isinstance(folded.get_submodule("block.0"), nn.Conv2d)
     # the original is untouched (still in training mode, BatchNorm in place)
     assert model.training and isinstance(model.block[1], nn.BatchNorm2d) and not folded.training
