@@ -627,31 +627,42 @@ class _Crossbars:
 
     def needed(self, time: np.ndarray, key: np.ndarray, delta: np.ndarray) -> np.ndarray:
         """(E,) bool: whether each change (its drop's ``time``, its (region, group) ``key`` and ``delta``, as
-        :meth:`changes` gave them) comes no later than the drop at which its pool first had the fewest
-        crossbars of the run (never, where the pool freed none).
+        :meth:`changes` gave them) comes no later than the drop at which its pool got the count it needs.
 
-        A pool is the finest part of the layer whose crossbars add up: a (region, group) for tile packing,
-        a region row of a part for column packing, a part for ou packing."""
-        levels = self._levels()
-        last = 2 if self.bands > 1 else 1 if self.capacity > 1 else 0
-        change = delta
-        for pool_of, base, count in levels[: last + 1]:
-            pools = pool_of[key]
-            total = _running(pools, time, change, base)
-            after = count(total)
-            change = after - count(total - change)
-        order, turns = _in_turn(pools, time)
-        final = order[_starts(turns[::-1])[::-1]]  # each pool's count after each of its drops
-        pool, at, after = pools[final], time[final], after[final]
-        first = np.flatnonzero(_starts(pool))  # each pool's first drop
-        start = count(base)
-        fewest = np.minimum(np.minimum.reduceat(after, first), start[pool[first]])
-        reached = np.flatnonzero((after == np.repeat(fewest, np.diff(np.r_[first, len(pool)])))
-                                 & (after < start[pool]))
-        reached = reached[_starts(pool[reached])]  # the first time per pool
-        cut = np.full(len(start), -1, dtype=np.int64)
-        cut[pool[reached]] = at[reached]
-        return time <= cut[pool_of[key]]
+        Pools nest: a (region, group) in a region row of a part, in a part. The top pools, the finest whose
+        crossbars add up (a (region, group) for tile packing, a region row for column packing, a part for
+        ou packing), need the fewest crossbars of the run; a pool below needs the count it had when its pool
+        above got what that needs (a region row the reads it had then, a (region, group) its occupancy
+        then). A pool that needs its count at the start needs no drop."""
+        top = 2 if self.bands > 1 else 1 if self.capacity > 1 else 0
+        levels = self._levels()[: top + 1]
+        pools, counts, change = [], [], delta  # each change's pool at each level, and its count after it
+        for pool_of, base, count in levels:
+            pools.append(pool_of[key])
+            total = _running(pools[-1], time, change, base)
+            counts.append(count(total))
+            change = counts[-1] - count(total - change)
+        limit = np.full(len(time), np.iinfo(np.int64).max)  # each change's pool above: the time it is cut at
+        for level in reversed(range(top + 1)):
+            _, base, count = levels[level]
+            start = count(base)
+            order, turns = _in_turn(pools[level], time)
+            final = order[_starts(turns[::-1])[::-1]]  # each pool's count after each of its drops
+            final = final[time[final] <= limit[final]]
+            pool, at, after = pools[level][final], time[final], counts[level][final]
+            target = start.copy()
+            if level == top:  # the fewest
+                runs = _starts(pool)
+                target[pool[runs]] = np.minimum(np.minimum.reduceat(after, np.flatnonzero(runs)), start[pool[runs]])
+            else:  # the count when the pool above was cut
+                last = _starts(pool[::-1])[::-1]
+                target[pool[last]] = after[last]
+            reached = np.flatnonzero((after == target[pool]) & (after < start[pool]))
+            reached = reached[_starts(pool[reached])]  # the first time per pool
+            cut = np.full(len(start), -1, dtype=np.int64)
+            cut[pool[reached]] = at[reached]
+            limit = cut[pools[level]]
+        return time <= limit
 
 
 class _Tracked:
