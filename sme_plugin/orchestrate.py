@@ -598,22 +598,21 @@ class _Crossbars:
 
     def _levels(self) -> list[tuple]:
         """[(pool of each (region, group) key, start total of each pool, count of a total)] of occupancy
-        (fine blocks -> occupied), reads of a region row (occupied -> ceil / capacity) and crossbars of a part
-        (reads -> ceil / bands)."""
+        (fine blocks -> occupied), reads of a region row (occupied -> ceil / capacity), crossbars of a part
+        (reads -> ceil / bands) and crossbars of the layer (their sum)."""
         _, parts, region_rows, region_cols = self.shape
         keys = np.arange(self.base.size)
         row_of = keys // (self.units.groups * region_cols) % (parts * region_rows)  # part * NR + region row
         occupied = np.bincount(row_of, self.base > 0, minlength=parts * region_rows).astype(np.int64)
-        reads = -(-occupied // self.capacity)
+        reads = (-(-occupied // self.capacity)).reshape(parts, region_rows).sum(axis=1)
         return [(keys, self.base, lambda total: np.minimum(total, 1)),
                 (row_of, occupied, lambda total: -(-total // self.capacity)),
-                (row_of // region_rows, reads.reshape(parts, region_rows).sum(axis=1),
-                 lambda total: -(-total // self.bands))]
+                (row_of // region_rows, reads, lambda total: -(-total // self.bands)),
+                (np.zeros_like(keys), np.array([(-(-reads // self.bands)).sum()]), lambda total: total)]
 
     def crossbars(self) -> int:
         """Crossbars of the units at the start."""
-        _, _, (_, reads, count) = self._levels()
-        return int(count(reads).sum())
+        return int(self._levels()[-1][1][0])
 
     def changes(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Take the current values of ``units`` (K,) and return what changed since: (unit row in ``units``,
@@ -633,25 +632,30 @@ class _Crossbars:
         crossbars add up (a (region, group) for tile packing, a region row for column packing, a part for
         ou packing), need the fewest crossbars of the run; a pool below needs the count it had when its pool
         above got what that needs (a region row the reads it had then, a (region, group) its occupancy
-        then). A pool that needs its count at the start needs no drop."""
-        top = 2 if self.bands > 1 else 1 if self.capacity > 1 else 0
-        levels = self._levels()[: top + 1]
+        then). A pool that needs its count at the start needs no drop. Where a segment spans several regions
+        (a ``segment`` coarser than the layout's), a drop may occupy a (region, group) that was free and a
+        refit may change several pools: the only pool is then the layer, cut at its fewest crossbars."""
+        levels = self._levels()
         pools, counts, change = [], [], delta  # each change's pool at each level, and its count after it
         for pool_of, base, count in levels:
             pools.append(pool_of[key])
             total = _running(pools[-1], time, change, base)
             counts.append(count(total))
             change = counts[-1] - count(total - change)
-        limit = np.full(len(time), np.iinfo(np.int64).max)  # each change's pool above: the time it is cut at
-        for level in reversed(range(top + 1)):
+        top = 2 if self.bands > 1 else 1 if self.capacity > 1 else 0
+        if not (self.units.seg_rows <= self.region_rows and self.units.seg_cols <= self.region_cols):
+            top = len(levels) - 1
+        limit = None  # each change's pool above: the time it is cut at
+        for level in range(top, -1, -1) if top < len(levels) - 1 else [top]:
             _, base, count = levels[level]
             start = count(base)
             order, turns = _in_turn(pools[level], time)
             final = order[_starts(turns[::-1])[::-1]]  # each pool's count after each of its drops
-            final = final[time[final] <= limit[final]]
+            if limit is not None:
+                final = final[time[final] <= limit[final]]
             pool, at, after = pools[level][final], time[final], counts[level][final]
             target = start.copy()
-            if level == top:  # the fewest
+            if limit is None:  # a top pool: the fewest
                 runs = _starts(pool)
                 target[pool[runs]] = np.minimum(np.minimum.reduceat(after, np.flatnonzero(runs)), start[pool[runs]])
             else:  # the count when the pool above was cut

@@ -641,3 +641,31 @@ def test_crossbars_mode_spends_nothing_that_frees_no_crossbar(packing, error, sc
     (crossbars, errors), (fewer, least) = (crossbars_and_errors(layers, lays, o, grams) for o in (spent, kept))
     assert crossbars == fewer == [1, 1] and min(errors) > 0 == max(least)
     assert all(np.array_equal(o.w_int, q.w_int) for q, o in zip(layers, kept))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 40), st.integers(1, 11)),
+    bits=st.integers(3, 8),
+    cell_bits=st.integers(1, 2),
+    sign=st.sampled_from(SCHEMES),
+    packing=st.sampled_from(["tile", "column", "ou"]),
+    segment=st.sampled_from(["auto", "tile", "column", "ou"]),
+    error=st.sampled_from(["weight", "output", "compensated"]),
+    scope=st.sampled_from(["layer", "model"]),
+    budget=st.floats(0, 0.6),
+    seed=st.integers(0, 100),
+)
+def test_crossbars_mode_never_costs_a_crossbar(shape, bits, cell_bits, sign, packing, segment, error, scope, budget,
+                                               seed):
+    """Any segment (also one spanning several regions, where a drop may occupy a free region) and any error
+    mode: the budget mode's crossbars, for no more error."""
+    layers = named([make_q(shape, bits, seed), make_q(shape, bits, seed + 1)])
+    lays = layouts(layers, Geometry(rows=8, cols=3, ou_rows=2, cell_bits=cell_bits), sign=sign, packing=packing)
+    grams = {q.layer.name: random_gram(shape, i) for i, q in enumerate(layers)} if error != "weight" else None
+    params = {"budget": budget, "error": "weight" if error == "weight" else "output",
+              "compensate": error == "compensated", "segment": segment, "scope": scope}
+    spent = window(spend="budget", **params).orchestrate(layers, lays, grams=grams)
+    kept = window(**params).orchestrate(layers, lays, grams=grams)
+    (crossbars, errors), (fewer, least) = (crossbars_and_errors(layers, lays, o, grams) for o in (spent, kept))
+    assert fewer == crossbars and sum(least) <= sum(errors) * (1 + 1e-9)
