@@ -782,13 +782,19 @@ class _OutputDrops:
         self.he = np.zeros((parts, n_pad, m_pad))  # H (w - w0) per part, integer units
         self.column_error = np.zeros((parts, m_pad))  # s^2 e^T H e of each column, real units
         w0 = self.w0[:, :n].astype(np.float64)
-        self.norm = float(np.einsum("pnm,pnk,pkm,pm->", w0, gram, w0, self.scale2))
+        self.norm = float(np.einsum("pnm,pnm,pm->", w0, gram @ w0, self.scale2))  # sum_m s^2 w0^T H w0
         # slot l of a unit holds (row rb*rows + l % rows, column cb*cols + l // rows)
         slot = np.arange(rows * cols)
         self.slot_row, self.slot_col = slot % rows, slot // rows
         self.best_unit = np.zeros(self.size, dtype=np.int64)
         self.best_group = np.zeros(self.size, dtype=np.int64)
         self.stale = np.arange(self.size)
+        n_units, groups = units.n_units, units.groups
+        self._change = np.zeros((n_units, groups, rows * cols), dtype=np.int16)  # see _candidates
+        self._quadratic = np.zeros((n_units, groups, cols))
+        self._allowed = np.zeros((n_units, groups), dtype=bool)
+        self._saved = np.zeros((n_units, groups), dtype=np.int64)
+        self._dirty = np.ones(n_units, dtype=bool)
         self._factors: dict[int, np.ndarray] = {}
         for part in range(parts):
             self._update_columns(part, np.arange(m))
@@ -843,13 +849,14 @@ class _OutputDrops:
             self.best_group[chunk] = group
         return slots, cost, added
 
-    def _price(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(K, G) cost (output error added per segment column freed; inf: not allowed) and error added of
-        dropping each group from each unit's window (the window narrowed to the groups in use first)."""
+    def _candidates(self, units: np.ndarray) -> None:
+        """Cache what dropping each group from each of ``units`` (whose windows or values changed) would
+        change: the (G, L) weight changes, the (G, C) quadratic terms ``e^T H_bb e`` of each segment
+        column, the segment columns it frees and whether it is allowed."""
         u, G = self.units, self.units.groups
         current = np.take(u.current, units, axis=0)
         _, saved, window = u.narrow(units, current)
-        sets, part, rb, _, rows, cols = self._where(units)
+        sets, part, rb, _, _, _ = self._where(units)
         offset = np.take(u.offset, units % u.n_spatial, axis=0)
         masks = np.take(u.tables.mask, window)[:, None] & ~u.group_bits[None, :]  # (K, G)
         shape = (len(units), G, current.shape[1])
@@ -857,17 +864,32 @@ class _OutputDrops:
                                    np.broadcast_to(masks[:, :, None], shape).copy(),
                                    np.broadcast_to(offset[:, None], shape).copy())
         change = (candidate.astype(np.int64) - current[:, None]) * u.signs[sets][:, None, None]  # (K, G, L)
-        change = change.reshape(len(units), G, u.seg_cols, u.seg_rows).astype(np.float64)
-        he = self.he[part[:, None], rows, cols].reshape(len(units), u.seg_cols, u.seg_rows)
-        h = self.h_blocks[part, rb]  # (K, R, R)
         k, c, r = len(units), u.seg_cols, u.seg_rows
-        quadratic = ((change.reshape(k, G * c, r) @ h).reshape(change.shape) * change).sum(axis=3)  # e^T H e (BLAS)
-        per_column = 2 * np.einsum("kgcr,kcr->kgc", change, he) + quadratic
+        self._change[units] = change
+        change = change.reshape(k, G * c, r).astype(np.float64)
+        self._quadratic[units] = ((change @ self.h_blocks[part, rb]) * change).sum(axis=2).reshape(k, G, c)
+        member = _unpack(window, G)
+        self._allowed[units] = member & (member.sum(axis=1, keepdims=True) > u.min_groups) & (saved > 0) & ~(bad.any(axis=2))
+        self._saved[units] = saved
+        self._dirty[units] = False
+
+    def _price(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(K, G) cost (output error added per segment column freed; inf: not allowed) and error added of
+        dropping each group from each unit's window (the window narrowed to the groups in use first).
+
+        ``sum_c s_c^2 (2 e_c^T (H (w - w0))_c + e_c^T H_bb e_c)``: the quadratic terms stay cached while a
+        unit is unchanged (:meth:`_candidates`); the cross terms follow the column's other drops via ``he``."""
+        u, G = self.units, self.units.groups
+        stale = units[self._dirty[units]]
+        if stale.size:
+            self._candidates(np.unique(stale))
+        _, part, _, _, rows, cols = self._where(units)
+        change = self._change[units].reshape(len(units), G, u.seg_cols, u.seg_rows)
+        he = self.he[part[:, None], rows, cols].reshape(len(units), u.seg_cols, u.seg_rows)
+        per_column = 2 * np.einsum("kgcr,kcr->kgc", change, he) + self._quadratic[units]
         scale2 = self.scale2[part[:, None], cols[:, :: u.seg_rows]]  # (K, C)
         added = np.einsum("kgc,kc->kg", per_column, scale2)
-        member = _unpack(window, G)
-        allowed = member & (member.sum(axis=1, keepdims=True) > u.min_groups) & (saved > 0) & ~(bad.any(axis=2))
-        return np.where(allowed, added / np.maximum(saved, 1), np.inf), added
+        return np.where(self._allowed[units], added / np.maximum(self._saved[units], 1), np.inf), added
 
     def apply(self, slots: np.ndarray) -> float:
         """Drop each slot's proposed group, refit the slot's columns; returns the output error they added."""
@@ -882,7 +904,12 @@ class _OutputDrops:
         sets, part, _, _, rows, cols = self._where(units)
         change = (projected.astype(np.int64) - current) * u.signs[sets][:, None]
         np.add.at(self.w, (np.broadcast_to(part[:, None], rows.shape), rows, cols), change)
+        members = self.units_of(slots).ravel()
+        values = u.current[members]
         self.refit(slots)
+        changed = (u.current[members] != values).any(axis=1)
+        self._dirty[units] = True  # their windows narrowed; the others where a refit moved their values
+        self._dirty[members[changed]] = True
         self.stale = slots
         return self._slot_error(slots) - before
 
