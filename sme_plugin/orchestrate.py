@@ -717,6 +717,16 @@ class _Tracked:
         return np.bincount(slot, minlength=self.size), keep
 
 
+def damped(gram: np.ndarray, damping: float) -> np.ndarray:
+    """(P, N, N) ``gram + damping * mean(diag(gram[p])) * I`` per part (``gram`` itself for 0)."""
+    gram = np.asarray(gram, dtype=np.float64)
+    if not damping:
+        return gram
+    n = gram.shape[-1]
+    mean = np.trace(gram, axis1=1, axis2=2) / max(n, 1)
+    return gram + damping * mean[:, None, None] * np.eye(n)
+
+
 def output_error(before: QuantizedLayer, after: QuantizedLayer, gram: np.ndarray) -> tuple[float, float]:
     """(||X (W' - W)||^2, ||X W||^2) of one layer in real units, from its inputs' second moments ``gram``
     ((P, N, N) ``sum x x^T`` per part, :func:`sme_plugin.activations.input_gram`); the bias is left out."""
@@ -777,6 +787,7 @@ class _OutputDrops:
         self.gram = gram
         padded = np.zeros((parts, n_pad, n_pad))
         padded[:, :n, :n] = gram
+        self.gram_padded = padded
         blocks = padded.reshape(parts, row_blocks, rows, row_blocks, rows)
         self.h_blocks = np.ascontiguousarray(blocks[:, np.arange(row_blocks), :, np.arange(row_blocks)].transpose(1, 0, 2, 3))
         self.he = np.zeros((parts, n_pad, m_pad))  # H (w - w0) per part, integer units
@@ -904,14 +915,36 @@ class _OutputDrops:
         sets, part, _, _, rows, cols = self._where(units)
         change = (projected.astype(np.int64) - current) * u.signs[sets][:, None]
         np.add.at(self.w, (np.broadcast_to(part[:, None], rows.shape), rows, cols), change)
-        members = self.units_of(slots).ravel()
-        values = u.current[members]
-        self.refit(slots)
-        changed = (u.current[members] != values).any(axis=1)
-        self._dirty[units] = True  # their windows narrowed; the others where a refit moved their values
-        self._dirty[members[changed]] = True
+        self._dirty[units] = True  # their windows narrowed
+        if self.compensate:
+            members = self.units_of(slots).ravel()
+            values = u.current[members]
+            self.refit(slots)
+            self._dirty[members[(u.current[members] != values).any(axis=1)]] = True  # values a refit moved
+        else:  # only the dropped units changed: update H (w - w0) by their rows alone
+            self._add_changes(units, change)
+            u.current[units] = self._stored(units).astype(u.current.dtype)
         self.stale = slots
         return self._slot_error(slots) - before
+
+    def _add_changes(self, units: np.ndarray, change: np.ndarray) -> None:
+        """Update ``he`` and the column errors for (K, L) weight changes of ``units`` (at most one unit per
+        column): ``he[:, cols] += H[:, rows] @ change``, in chunks of about ``8 * CHUNK`` values."""
+        u = self.units
+        r, c = u.seg_rows, u.seg_cols
+        _, part, rb, cb, _, _ = self._where(units)
+        n_pad = self.he.shape[1]
+        step = max(1, (8 * CHUNK) // (n_pad * max(r, c)))
+        offsets_r, offsets_c, every = np.arange(r), np.arange(c), np.arange(n_pad)
+        for start in range(0, len(units), step):
+            p, rows = part[start : start + step], rb[start : start + step, None] * r + offsets_r
+            cols = cb[start : start + step, None] * c + offsets_c  # (k, C)
+            delta = change[start : start + step].reshape(-1, c, r).transpose(0, 2, 1).astype(np.float64)  # (k, R, C)
+            h_rows = self.gram_padded[p[:, None], rows]  # (k, R, N) = H[rows, :] (H symmetric)
+            index = (p[:, None, None], every[None, :, None], cols[:, None, :])
+            self.he[index] += np.matmul(h_rows.transpose(0, 2, 1), delta)  # (k, N, C)
+            error = (self.w[index] - self.w0[index]).astype(np.float64)
+            self.column_error[p[:, None], cols] = self.scale2[p[:, None], cols] * (error * self.he[index]).sum(axis=1)
 
     def _slot_error(self, slots: np.ndarray) -> float:
         part, block = np.divmod(slots, self.units.blocks[3])
@@ -1040,6 +1073,11 @@ class WindowOrchestrator:
         spend : {"crossbars", "budget"}
             In ``budget`` mode: ``crossbars`` stops each pool of crossbars at its last drop that frees a
             crossbar (the crossbars of ``budget``, for less error); ``budget`` spends the whole allowance.
+        damping : float
+            With ``error: output``: errors are measured with ``H + damping * mean(diag H) * I`` instead of
+            the calibration inputs' second moments H, adding a weight-error term, so that directions the few
+            calibration inputs do not excite are not free to drop (they are, on 4 photos, and the error on
+            other inputs then grows far beyond the budget). 0: the plain output error.
         """
 
         segment: Literal["auto", "tile", "column", "ou"] = "auto"
@@ -1050,6 +1088,7 @@ class WindowOrchestrator:
         error: Literal["weight", "output"] = "weight"
         compensate: bool = False
         spend: Literal["crossbars", "budget"] = "crossbars"
+        damping: float = Field(0.0, ge=0, le=1e6)
 
     def __init__(self, params: Params):
         self.params = params
@@ -1131,7 +1170,8 @@ class WindowOrchestrator:
     def _orchestrate_output(self, layers, layouts, sparse, out, build, grams):
         """``error: output``: budget mode spends the output-error allowance (per layer or model-wide) on
         group drops priced per column freed, refitting as it goes; fixed mode refits within its windows."""
-        problem = lambda i, units: _OutputDrops(units, grams[layers[i].layer.name], self.params.compensate)
+        problem = lambda i, units: _OutputDrops(units, damped(grams[layers[i].layer.name], self.params.damping),
+                                                self.params.compensate)
         fresh = lambda i: problem(i, build(i))
         norm = lambda problems: sum(drops.norm for drops in problems)
         if self.params.mode == "budget" and self.params.scope == "model":

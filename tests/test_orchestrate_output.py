@@ -115,12 +115,16 @@ def test_output_budget_holds_and_no_allocation_unit_is_added(sign, packing):
                                       scheme_offsets(sign, q.w_int, q.layer.mask, q.bits, lay.read_rows))
 
 
-@pytest.mark.parametrize("sign,packing", [("differential", "ou"), ("segment-offset", "ou"), ("offset", "tile")])
-def test_every_weight_stays_in_its_window(sign, packing):
+@pytest.mark.parametrize("compensate", [True, False])
+@pytest.mark.parametrize("sign,packing", [("differential", "ou"), ("segment-offset", "ou"), ("offset", "tile"),
+                                          ("segment-offset", "column")])
+def test_every_weight_stays_in_its_window(sign, packing, compensate):
+    """...and the running H (w - w0) and column errors (updated from the dropped rows alone without
+    compensation) are those of the final weights."""
     q = make_q(shape=(2, 20, 6), seed=3)
     lay = layout(q, GEOMETRY, sign=sign, packing=packing)
     units = _Units.build(q, lay)
-    drops = _OutputDrops(units, random_gram(q.w_int.shape, seed=4))
+    drops = _OutputDrops(units, random_gram(q.w_int.shape, seed=4), compensate)
     spent = spend([drops], 0.3**2 * drops.norm)
     assert spent.accepted > 0
     masks = np.take(units.tables.mask, units.window)[:, None]
@@ -128,6 +132,8 @@ def test_every_weight_stays_in_its_window(sign, packing):
     np.testing.assert_array_equal(units.decoded(), drops.weights())
     error, _ = output_error(q, q.with_weights(drops.weights()), drops.gram)
     assert error == pytest.approx(float(drops.column_error.sum()), rel=1e-9)
+    n, m = q.w_int.shape[1:]
+    np.testing.assert_allclose(drops.he[:, :n, :m], drops.gram @ (drops.weights() - q.w_int), rtol=1e-9, atol=1e-6)
 
 
 def test_model_scope_budget_holds_over_the_layers():
