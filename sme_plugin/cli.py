@@ -82,9 +82,10 @@ def _parser() -> argparse.ArgumentParser:
                            help="models to reproduce (default: every offline model but digits)")
     reproduce.add_argument("--output", default="sme-reproduce", help="output directory (default: ./sme-reproduce)")
     reproduce.add_argument("--budgets", nargs="+", type=float, metavar="B",
-                           help="error budgets of the trade-off curve (default: 0 0.05 0.1 0.2 0.3)")
+                           help="error budgets of the trade-off curve (default: each model's own, 0 .. 0.3 for the small CNNs, "
+                                "0 .. 0.05 for the ImageNet ones)")
     reproduce.add_argument("--finetune-budgets", nargs="*", type=float, metavar="B",
-                           help="budgets also fine-tuned (default: 0.2 0.3; none: no fine-tuning)")
+                           help="budgets also fine-tuned (default: each model's own; none: no fine-tuning)")
     reproduce.add_argument("--tolerance", type=float, default=0.3,
                            help="accuracy points below INT8 the operating point may lose (default 0.3)")
     reproduce.add_argument("--samples", type=int, help="cap on test samples per model (default: all)")
@@ -380,7 +381,8 @@ def _reproduce(args, verbosity: int) -> int:
     for key in ("models", "budgets", "finetune_budgets"):
         if getattr(args, key) is not None:
             setattr(plan, key, tuple(getattr(args, key)))
-    plan.tolerance, plan.samples, plan.finetune = args.tolerance, args.samples, bool(plan.finetune_budgets)
+    plan.tolerance, plan.samples = args.tolerance, args.samples
+    plan.finetune = plan.finetune_budgets is None or bool(plan.finetune_budgets)
     progress = not args.no_progress and verbosity >= 0 and sys.stderr.isatty()
     reproduction = Reproduction(plan, build_registry(plugin_manager()), progress=progress)
     from .report import prepare_output  # torch-heavy imports only once the plan is valid
