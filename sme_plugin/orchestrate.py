@@ -790,7 +790,7 @@ class _OutputDrops:
         self.gram_padded = padded
         blocks = padded.reshape(parts, row_blocks, rows, row_blocks, rows)
         self.h_blocks = np.ascontiguousarray(blocks[:, np.arange(row_blocks), :, np.arange(row_blocks)].transpose(1, 0, 2, 3))
-        self.he = np.zeros((parts, n_pad, m_pad))  # H (w - w0) per part, integer units
+        self.he = np.zeros((parts, m_pad, n_pad))  # (H (w - w0))^T per part, integer units: a column per row
         self.column_error = np.zeros((parts, m_pad))  # s^2 e^T H e of each column, real units
         w0 = self.w0[:, :n].astype(np.float64)
         self.norm = float(np.einsum("pnm,pnm,pm->", w0, gram @ w0, self.scale2))  # sum_m s^2 w0^T H w0
@@ -896,7 +896,7 @@ class _OutputDrops:
             self._candidates(np.unique(stale))
         _, part, _, _, rows, cols = self._where(units)
         change = self._change[units].reshape(len(units), G, u.seg_cols, u.seg_rows)
-        he = self.he[part[:, None], rows, cols].reshape(len(units), u.seg_cols, u.seg_rows)
+        he = self.he[part[:, None], cols, rows].reshape(len(units), u.seg_cols, u.seg_rows)
         per_column = 2 * np.einsum("kgcr,kcr->kgc", change, he) + self._quadratic[units]
         scale2 = self.scale2[part[:, None], cols[:, :: u.seg_rows]]  # (K, C)
         added = np.einsum("kgc,kc->kg", per_column, scale2)
@@ -929,22 +929,21 @@ class _OutputDrops:
 
     def _add_changes(self, units: np.ndarray, change: np.ndarray) -> None:
         """Update ``he`` and the column errors for (K, L) weight changes of ``units`` (at most one unit per
-        column): ``he[:, cols] += H[:, rows] @ change``, in chunks of about ``8 * CHUNK`` values."""
+        column): each column's error grows by ``s^2 (2 d^T he[rows] + d^T H_bb d)`` and ``he`` by
+        ``H[:, rows] d``, in chunks of about ``8 * CHUNK`` values."""
         u = self.units
         r, c = u.seg_rows, u.seg_cols
         _, part, rb, cb, _, _ = self._where(units)
-        n_pad = self.he.shape[1]
-        step = max(1, (8 * CHUNK) // (n_pad * max(r, c)))
-        offsets_r, offsets_c, every = np.arange(r), np.arange(c), np.arange(n_pad)
+        step = max(1, (8 * CHUNK) // (self.he.shape[2] * c))
         for start in range(0, len(units), step):
-            p, rows = part[start : start + step], rb[start : start + step, None] * r + offsets_r
-            cols = cb[start : start + step, None] * c + offsets_c  # (k, C)
-            delta = change[start : start + step].reshape(-1, c, r).transpose(0, 2, 1).astype(np.float64)  # (k, R, C)
-            h_rows = self.gram_padded[p[:, None], rows]  # (k, R, N) = H[rows, :] (H symmetric)
-            index = (p[:, None, None], every[None, :, None], cols[:, None, :])
-            self.he[index] += np.matmul(h_rows.transpose(0, 2, 1), delta)  # (k, N, C)
-            error = (self.w[index] - self.w0[index]).astype(np.float64)
-            self.column_error[p[:, None], cols] = self.scale2[p[:, None], cols] * (error * self.he[index]).sum(axis=1)
+            p, block = part[start : start + step], rb[start : start + step]
+            rows = block[:, None] * r + np.arange(r)  # (k, R)
+            cols = cb[start : start + step, None] * c + np.arange(c)  # (k, C)
+            delta = change[start : start + step].reshape(-1, c, r).astype(np.float64)  # (k, C, R)
+            before = self.he[p[:, None, None], cols[:, :, None], rows[:, None, :]]  # (k, C, R)
+            quadratic = ((delta @ self.h_blocks[p, block]) * delta).sum(axis=2)
+            self.column_error[p[:, None], cols] += self.scale2[p[:, None], cols] * (2 * (delta * before).sum(axis=2) + quadratic)
+            self.he[p[:, None], cols] += delta @ self.gram_padded[p[:, None], rows]  # (k, C, N)
 
     def _slot_error(self, slots: np.ndarray) -> float:
         part, block = np.divmod(slots, self.units.blocks[3])
@@ -988,7 +987,7 @@ class _OutputDrops:
         n = self.n
         change = (self.w[part, :n, cols] - self.w0[part, :n, cols]).T.astype(np.float64)  # (N, k)
         he = self.gram[part] @ change
-        self.he[part, :n, cols] = he.T
+        self.he[part, cols, :n] = he.T
         self.column_error[part, cols] = self.scale2[part, cols] * np.einsum("nk,nk->k", change, he)
 
     def _refit_columns(self, part: int, cols: np.ndarray) -> None:

@@ -133,7 +133,8 @@ def test_every_weight_stays_in_its_window(sign, packing, compensate):
     error, _ = output_error(q, q.with_weights(drops.weights()), drops.gram)
     assert error == pytest.approx(float(drops.column_error.sum()), rel=1e-9)
     n, m = q.w_int.shape[1:]
-    np.testing.assert_allclose(drops.he[:, :n, :m], drops.gram @ (drops.weights() - q.w_int), rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(drops.he[:, :m, :n].transpose(0, 2, 1), drops.gram @ (drops.weights() - q.w_int),
+                               rtol=1e-9, atol=1e-6)
 
 
 def test_model_scope_budget_holds_over_the_layers():
