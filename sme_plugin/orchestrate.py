@@ -737,6 +737,9 @@ def output_error(before: QuantizedLayer, after: QuantizedLayer, gram: np.ndarray
             float(np.einsum("pnm,pnk,pkm->", weight, gram, weight)))
 
 
+#: units of a column slot priced exactly per proposal (:meth:`_OutputDrops.proposals`): the cheapest by their
+#: last prices, plus every unit that changed; a slot with at most this many units prices all of them.
+REFRESH = 8
 #: relative damping GPTQ adds to the diagonal of H before inverting it (times its mean diagonal)
 DAMPING = 0.01
 #: rows a refit fixes one by one before it spreads their errors over the rows below in one product
@@ -747,7 +750,8 @@ class _OutputDrops:
     """The window orchestrator's greedy problem in output-error units over one layer's units.
 
     A slot per column block (part, ``seg_cols`` columns of the segment region) proposes the cheapest group
-    drop among its units (every sign set and row block): the exact increase of the output error
+    drop among its units (every sign set and row block; in a slot of more than :data:`REFRESH` units, among
+    the :data:`REFRESH` cheapest by their last prices, re-priced exactly): the exact increase of the output error
     ``sum_m s_m^2 e_m^T H e_m`` (e_m = w'_m - w_m of column m in integer units, H the part's input second
     moments, s_m its scale) per segment column freed, the unit's current values projected onto the window
     without the group. Different slots own different columns, so the drops a round accepts add their errors
@@ -806,6 +810,8 @@ class _OutputDrops:
         self._allowed = np.zeros((n_units, groups), dtype=bool)
         self._saved = np.zeros((n_units, groups), dtype=np.int64)
         self._dirty = np.ones(n_units, dtype=bool)
+        self._cost = np.full((n_units, groups), np.inf)  # each unit's drop costs at its last pricing
+        self._priced = np.zeros(n_units, dtype=bool)
         self._factors: dict[int, np.ndarray] = {}
         for part in range(parts):
             self._update_columns(part, np.arange(m))
@@ -848,17 +854,29 @@ class _OutputDrops:
         cost, added = np.full(len(slots), np.inf), np.zeros(len(slots))
         for start in range(0, len(slots), step):
             chunk = slots[start : start + step]
-            units = self.units_of(chunk).ravel()
-            unit_cost, unit_added = self._price(units)
+            units = self.units_of(chunk)  # (k, U)
+            if units.shape[1] > REFRESH:  # price the changed units, then re-price the cheapest REFRESH exactly
+                flat = units.ravel()
+                self._price_cached(flat[self._dirty[flat] | ~self._priced[flat]])
+                best_units = np.argpartition(self._cost[units].min(axis=2), REFRESH - 1, axis=1)[:, :REFRESH]
+                units = np.take_along_axis(units, best_units, axis=1)
+            unit_cost, unit_added = self._price_cached(units.ravel())
             unit_cost = unit_cost.reshape(len(chunk), -1)
             best = unit_cost.argmin(axis=1)
             rows = np.arange(len(chunk))
             cost[start : start + len(chunk)] = unit_cost[rows, best]
             added[start : start + len(chunk)] = unit_added.reshape(len(chunk), -1)[rows, best]
             unit, group = np.divmod(best, self.units.groups)
-            self.best_unit[chunk] = units.reshape(len(chunk), -1)[rows, unit]
+            self.best_unit[chunk] = units[rows, unit]
             self.best_group[chunk] = group
         return slots, cost, added
+
+    def _price_cached(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_price` of ``units``, remembered: a slot's other units keep the prices of their last
+        pricing while its drops change the cross terms (they only rank the units to re-price)."""
+        cost, added = self._price(units)
+        self._cost[units], self._priced[units] = cost, True
+        return cost, added
 
     def _candidates(self, units: np.ndarray) -> None:
         """Cache what dropping each group from each of ``units`` (whose windows or values changed) would
