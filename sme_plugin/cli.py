@@ -393,7 +393,7 @@ def _reproduce(args, verbosity: int) -> int:
             paths = write(document, reports, directory, args.readme)
     from .reproduce import markdown
 
-    print(markdown(document, figures=False))
+    print(markdown(document, figures=None))
     print("wrote " + ", ".join(str(p) for p in paths))
     return EXIT_OK
 

@@ -82,6 +82,7 @@ def test_reproduce_writes_the_table_plots_and_readme(reproduced):
     text = readme.read_text(encoding="utf-8")
     assert text.startswith("# Project\n\n") and text.endswith(f"{README_END}\nend\n") and "stale" not in text
     assert "| digits (trained) |" in text and "| digits (trained) |" in (out / "reproduce.md").read_text()
+    assert "](out/tradeoff.png)" in text and "](tradeoff.png)" in (out / "reproduce.md").read_text()  # figures linked
 
 
 def test_reproduce_figures_are_the_runs_they_name(reproduced):
