@@ -312,6 +312,8 @@ def _in_processes(plan: Plan, progress: bool, jobs: int) -> dict[str, tuple[dict
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     level = logging.getLogger("sme_plugin").getEffectiveLevel()
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # BLAS pools of the workers,
+        os.environ.setdefault(name, str(threads))  # read when they import numpy: no oversubscribed cores
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup,
                              initargs=(threads, level)) as pool:
         futures = {name: pool.submit(_reproduce_model, plan, name) for name in plan.models}
