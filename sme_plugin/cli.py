@@ -382,7 +382,6 @@ def _reproduce(args, verbosity: int) -> int:
         if getattr(args, key) is not None:
             setattr(plan, key, tuple(getattr(args, key)))
     plan.tolerance, plan.samples = args.tolerance, args.samples
-    plan.finetune = plan.finetune_budgets is None or bool(plan.finetune_budgets)
     progress = not args.no_progress and verbosity >= 0 and sys.stderr.isatty()
     reproduction = Reproduction(plan, build_registry(plugin_manager()), progress=progress)
     from .report import prepare_output  # torch-heavy imports only once the plan is valid

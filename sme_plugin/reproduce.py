@@ -86,15 +86,14 @@ DEFAULT_MODELS = ("fmnist_cnn", "mobilenet_v2_keras", "inception_v3", "efficient
 
 @dataclass
 class Plan:
-    """What one ``sme reproduce`` runs: models, budgets, the accuracy tolerance (points below INT8), a cap
-    on test samples (None: all), whether to fine-tune, the seed."""
+    """What one ``sme reproduce`` runs: models, budgets (None: each study's own; fine-tuned budgets (): no
+    fine-tuning), the accuracy tolerance (points below INT8), a cap on test samples (None: all), the seed."""
 
     models: tuple[str, ...] = DEFAULT_MODELS
     budgets: tuple[float, ...] | None = None  # None: each study's own
     finetune_budgets: tuple[float, ...] | None = None
     tolerance: float = 0.3
     samples: int | None = None
-    finetune: bool = True
     seed: int = 0
     studies: dict[str, Study] = field(default_factory=lambda: dict(STUDIES))
 
@@ -112,7 +111,7 @@ class Plan:
 
     def budgets_of(self, study: Study) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(curve budgets, fine-tuned budgets) of ``study``: the plan's where it gives them."""
-        tuned = () if not self.finetune or study.finetune is None or study.dataset is None else (
+        tuned = () if study.finetune is None or study.dataset is None else (
             study.finetune_budgets if self.finetune_budgets is None else self.finetune_budgets)
         return (study.budgets if self.budgets is None else self.budgets), tuned
 

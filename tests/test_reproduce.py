@@ -126,7 +126,7 @@ def test_the_projects_readme_has_the_results_section():
 
 
 def test_models_reproduced_in_processes_match_one_process():
-    plan = Plan(models=("digits", "mobilenet_v2"), budgets=(0.1,), finetune_budgets=(), finetune=False, samples=100)
+    plan = Plan(models=("digits", "mobilenet_v2"), budgets=(0.1,), finetune_budgets=(), samples=100)
     parallel, _ = Reproduction(plan, REGISTRY).run(jobs=2)
     serial, _ = Reproduction(plan, REGISTRY).run(jobs=1)
     assert list(parallel["models"]) == ["digits", "mobilenet_v2"]
