@@ -303,8 +303,9 @@ def finetune(model: nn.Module, quantized: list[QuantizedLayer], layouts: list[La
     quantized: each layer's integer weights and scales (``ste``/``admm``: after orchestration and
     squeeze-out, defining the allowed patterns with ``layouts``, or give ``patterns``; ``l1*``: the
     quantizer's). data: training batches (see :func:`_batches`); teacher: the float model distillation
-    follows (default: a copy of ``model`` as given). The latent weights start from ``model``'s float weights.
-    recipe: facts to record in the checkpoint (model, dataset, config hash). ``model`` is not changed.
+    follows (default: a copy of ``model`` as given). The latent weights start from the orchestrated weights
+    ``scale * w_int`` of ``quantized`` (``ste``/``admm``: zero epochs give back exactly those layers) or from
+    ``model``'s float weights (``l1*``). recipe: facts to record in the checkpoint (model, dataset, config hash). ``model`` is not changed.
     """
     if params.reuse and params.checkpoint and Path(params.checkpoint).exists():
         loaded = load_checkpoint(params.checkpoint, model, quantized)
@@ -324,6 +325,8 @@ def finetune(model: nn.Module, quantized: list[QuantizedLayer], layouts: list[La
         patterns = [allowed_patterns(q, layout) for q, layout in zip(quantized, layouts)]
     projectors = [_Projector(q, m, p if keep else None)
                   for q, m, p in zip(quantized, modules, patterns if keep else [None] * len(quantized))]
+    if keep:
+        _load_integers(modules, quantized)
     history: list[dict] = []
     with _progress(progress) as bar:
         if params.method == "ste":
@@ -346,14 +349,21 @@ def finetune(model: nn.Module, quantized: list[QuantizedLayer], layouts: list[La
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
             w_int = projector.integers(module.weight / projector.scale)
             result_layers.append(_with_weights(q, module, w_int))
-            exact = to_module_layout(result_layers[-1].layer.weight, q, module)  # float32(scale * w_int)
-            module.weight.copy_(torch.from_numpy(exact).to(module.weight.device, module.weight.dtype))
+    _load_integers(modules, result_layers)
     for p in student.parameters():
         p.requires_grad_(True)
     result = FinetuneResult(student, result_layers, history)
     if params.checkpoint:
         save_checkpoint(params.checkpoint, result, params, recipe)
     return result
+
+
+def _load_integers(modules, quantized: list[QuantizedLayer]) -> None:
+    """Set each module's weight to its layer's ``scale * w_int`` (float32, module layout)."""
+    with torch.no_grad():
+        for module, q in zip(modules, quantized):
+            exact = to_module_layout((q.scale * q.w_int).astype(np.float32), q, module)
+            module.weight.copy_(torch.from_numpy(exact).to(module.weight.device, module.weight.dtype))
 
 
 def _with_weights(q: QuantizedLayer, module: nn.Module, w_int: torch.Tensor) -> QuantizedLayer:

@@ -142,6 +142,21 @@ def test_finetuned_weights_keep_the_orchestrated_patterns(digits, method, sign, 
         assert torch.equal(module.weight.detach(), torch.from_numpy(expected))
 
 
+@pytest.mark.parametrize("method", ["ste", "admm"])
+def test_fine_tuning_starts_from_the_orchestrated_weights(digits, method):
+    """Zero epochs give back the orchestrated layers and their model exactly (not the float weights projected
+    onto the patterns, which are a different, often much worse, point)."""
+    model, quantized, _, test = digits
+    _, layouts, orch = orchestrated(quantized, "segment-offset", "ou", 0.3)
+    params = ft.FinetuneParams(method=method, epochs=0, polish_epochs=0, seed=0)
+    result = ft.finetune(model, orch, layouts, params, (test[0], test[1]))
+    for before, after in zip(orch, result.quantized):
+        assert np.array_equal(after.w_int, before.w_int)
+    projected = ft.finetune(copy.deepcopy(model), quantized, layouts, params, test).quantized  # float start
+    assert any(not np.array_equal(a.w_int, b.w_int) for a, b in zip(projected, orch))
+    assert accuracy(result.model, test) == accuracy(with_weights(model, orch), test)
+
+
 def test_ste_recovers_accuracy_lost_by_orchestration(digits):
     model, quantized, train, test = digits
     _, layouts, orch = orchestrated(quantized, "differential", "column", 0.3)
@@ -154,7 +169,7 @@ def test_ste_recovers_accuracy_lost_by_orchestration(digits):
 def test_distillation_on_unlabelled_inputs(digits):
     model, quantized, train, test = digits
     _, layouts, orch = orchestrated(quantized, "differential", "column", 0.3)
-    params = ft.FinetuneParams(method="ste", epochs=1, data="distill", seed=0)
+    params = ft.FinetuneParams(method="ste", epochs=3, data="distill", seed=0)
     result = ft.finetune(model, orch, layouts, params, train[0])  # inputs only
     assert accuracy(result.model, test) > accuracy(with_weights(model, orch), test)
     with pytest.raises(ValueError, match="labelled"):
