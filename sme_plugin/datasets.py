@@ -111,25 +111,30 @@ def digits_train() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(x_train.copy()), torch.from_numpy(y_train.copy())
 
 
+class SampledParams(StrategyParams):
+    """What every dataset section has.
+
+    Parameters
+    ----------
+    samples : int or None
+        Cap on the number of test images, a seeded subset (None: all of them).
+    calibration : int
+        Calibration images: drawn from the training data, or held out of the test images where there is none.
+    seed : int
+        Seed of the calibration draw (or hold-out) and of the capped test subset.
+    """
+
+    samples: int | None = Field(None, ge=1)
+    calibration: int = Field(256, ge=1, le=1_000_000)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
 class DigitsDataset:
     """scikit-learn 8x8 digits: test split for accuracy, the train split for fine-tuning and a draw of it for
     calibration."""
 
-    class Params(StrategyParams):
-        """
-        Parameters
-        ----------
-        samples : int or None
-            Cap on the number of test images (None: the whole test split, 540 images).
-        calibration : int
-            Training images drawn (without replacement) for activation calibration.
-        seed : int
-            Seed of the draw of calibration images and of the capped test subset.
-        """
-
-        samples: int | None = Field(None, ge=1)
-        calibration: int = Field(256, ge=1, le=1_000_000)
-        seed: int = Field(0, ge=0, le=2**32 - 1)
+    class Params(SampledParams):
+        """:class:`SampledParams` (the whole test split: 540 images)."""
 
     def __init__(self, params: Params):
         self.params = params
@@ -267,24 +272,17 @@ class FashionMNISTDataset:
     """Fashion-MNIST from the Debian package ``dataset-fashion-mnist``: the 10,000 test images for accuracy,
     the 60,000 training images for fine-tuning and calibration images drawn from them."""
 
-    class Params(StrategyParams):
-        """
+    class Params(SampledParams):
+        """:class:`SampledParams` (10,000 test images, 60,000 training images) and
+
         Parameters
         ----------
         root : str
             Folder of the four ``*-ubyte.gz`` IDX files (default: the Debian package's).
-        samples : int or None
-            Cap on the number of test images (None: all 10,000), a seeded subset.
-        calibration : int
-            Training images drawn (without replacement) for activation and ADC calibration.
-        seed : int
-            Seed of the draw of calibration images and of the capped test subset.
         """
 
         root: str = Field(FASHION_MNIST_DIR, min_length=1, max_length=4096)
-        samples: int | None = Field(None, ge=1)
         calibration: int = Field(256, ge=1, le=60_000)
-        seed: int = Field(0, ge=0, le=2**32 - 1)
 
     def __init__(self, params: Params):
         self.params = params
@@ -388,8 +386,9 @@ class FolderDataset:
     Train (fine-tuning) images: the whole ``calibration_root`` tree when its class folders are named as
     ``root``'s (the same labels), else none; without ``calibration_root``, the held-out images."""
 
-    class Params(StrategyParams):
-        """
+    class Params(SampledParams):
+        """:class:`SampledParams` and
+
         Parameters
         ----------
         root : str
@@ -400,20 +399,14 @@ class FolderDataset:
             calibration images out of ``root`` (they are then the fine-tuning images too).
         channels : int
             1 (grayscale) or 3 (RGB): how images are read (the model's preprocess converts further).
-        samples : int or None
-            Cap on the number of test images (a seeded subset of those not held out).
         calibration : int
             Calibration images (drawn from ``calibration_root``, or held out of ``root``).
-        seed : int
-            Seed of the hold-out, the calibration draw and the capped test subset.
         """
 
         root: str = Field(min_length=1, max_length=4096)
         calibration_root: str | None = Field(None, min_length=1, max_length=4096)
         channels: Literal[1, 3] = 3
-        samples: int | None = Field(None, ge=1)
         calibration: int = Field(32, ge=1, le=1_000_000)
-        seed: int = Field(0, ge=0, le=2**32 - 1)
 
     def __init__(self, params: Params):
         self.params = params
@@ -552,8 +545,9 @@ class ImageNetSamplesDataset:
     There is no training split: ``calibration`` photos are held out of the 20 (reported), the rest are the
     test set, and the held-out photos with their labels are the train (fine-tuning) photos. A demonstration of accuracy on real photos (one photo is 5-6 points), not a benchmark."""
 
-    class Params(StrategyParams):
-        """
+    class Params(SampledParams):
+        """:class:`SampledParams` and
+
         Parameters
         ----------
         root : str or None
@@ -561,19 +555,13 @@ class ImageNetSamplesDataset:
         class_names : str or None
             File of the 1,000 class names, one per line in label order (None: Debian ``opencv-doc``'s list
             when installed, else unnamed classes).
-        samples : int or None
-            Cap on the number of test photos (a seeded subset of those not held out).
         calibration : int
-            Photos held out of the 20 for activation and ADC calibration.
-        seed : int
-            Seed of the hold-out and of the capped test subset.
+            Photos held out of the test photos for calibration (and fine-tuning).
         """
 
         root: str | None = Field(None, min_length=1, max_length=4096)
         class_names: str | None = Field(None, min_length=1, max_length=4096)
-        samples: int | None = Field(None, ge=1)
         calibration: int = Field(4, ge=1, le=1_000)
-        seed: int = Field(0, ge=0, le=2**32 - 1)
 
     def __init__(self, params: Params):
         self.params = params
@@ -600,8 +588,9 @@ class PhotosDataset:
     """Every natural photo the offline packages ship, unlabelled: each accuracy becomes top-1 agreement with
     the float model. ``calibration`` photos are held out (reported); the rest are the test set."""
 
-    class Params(StrategyParams):
-        """
+    class Params(SampledParams):
+        """:class:`SampledParams` and
+
         Parameters
         ----------
         sources : list of str or None
@@ -609,18 +598,12 @@ class PhotosDataset:
             flower.jpg), ``skimage`` (astronaut, chelsea, coffee, rocket, motorcycle), ``foolbox_cifar``
             (40 CIFAR-10/100 photos, 32x32). None: foolbox and sklearn (required) and skimage when
             installed. A source named here must be installed.
-        samples : int or None
-            Cap on the number of test photos (a seeded subset of those not held out).
         calibration : int
-            Photos held out for activation and ADC calibration.
-        seed : int
-            Seed of the hold-out and of the capped test subset.
+            Photos held out of the test photos for calibration (and fine-tuning).
         """
 
         sources: list[Literal["foolbox", "sklearn", "skimage", "foolbox_cifar"]] | None = Field(None, min_length=1)
-        samples: int | None = Field(None, ge=1)
         calibration: int = Field(4, ge=1, le=1_000)
-        seed: int = Field(0, ge=0, le=2**32 - 1)
 
     def __init__(self, params: Params):
         self.params = params
