@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import scipy.sparse
 from pydantic import Field
 
 from .bitsets import TABLE_BITS, project_in_range, project_to_mask, project_to_set, values_with_k_bits
@@ -493,6 +494,8 @@ class _WindowDrops:
     """The window orchestrator's greedy problem (:class:`sme_plugin.greedy.Problem`) over one layer's units:
     a slot per unit, proposing its cheapest group drop (squared error added per segment column freed)."""
 
+    undoable = True  # a drop changes its unit alone: :meth:`restore` of a :meth:`snapshot` takes it back
+
     def __init__(self, units: _Units):
         self.units = units
         self.size = units.n_units
@@ -514,8 +517,16 @@ class _WindowDrops:
         self.units.drop(slots, self.best[slots])
         self.stale = slots
 
-    def units_of(self, slots: np.ndarray) -> np.ndarray:
-        """(k, 1) units each slot changes: its own."""
+    def snapshot(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(units, their windows, (k, L) current values) that applying ``slots`` changes, before it."""
+        return slots, self.units.window[slots], self.units.current[slots]
+
+    def restore(self, taken: np.ndarray, units: np.ndarray, window: np.ndarray, current: np.ndarray) -> None:
+        """Put back the state of ``units`` (each at most once) :meth:`snapshot` took at ``taken`` (ignored)."""
+        self.units.window[units], self.units.current[units] = window, current
+
+    def changed(self, slots: np.ndarray) -> np.ndarray:
+        """(k, 1) units applying each slot changes: its own."""
         return slots[:, None]
 
 
@@ -672,7 +683,8 @@ class _Crossbars:
 class _Tracked:
     """A window problem (:class:`_WindowDrops`, :class:`_OutputDrops`) whose drops are recorded with the
     changes of its layer's crossbar occupancy (:class:`_Crossbars`), to tell afterwards which drops to
-    keep (:meth:`kept`)."""
+    keep (:meth:`kept`) and, where the problem is ``undoable``, its :meth:`snapshot` before each, to take
+    the others back in place (:meth:`undo`)."""
 
     def __init__(self, problem, layout: Layout):
         self.problem, self.size = problem, problem.size
@@ -680,6 +692,7 @@ class _Tracked:
         self.cost = np.full(problem.size, np.inf)  # each slot's open proposal
         self.drops = []  # per apply: (slots, their turns in the engine's order)
         self.changes = []  # per apply: (turn, key, delta)
+        self.snapshots = [] if problem.undoable else None  # per apply: problem.snapshot(slots)
         self.applied = 0
 
     def proposals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -688,8 +701,10 @@ class _Tracked:
         return slots, cost, added
 
     def apply(self, slots: np.ndarray) -> float | None:
+        if self.snapshots is not None:
+            self.snapshots.append(self.problem.snapshot(slots))
+        units = self.problem.changed(slots)
         actual = self.problem.apply(slots)
-        units = self.problem.units_of(slots)
         row, key, delta = self.crossbars.changes(units.ravel())
         turn = np.empty(len(slots), dtype=np.int64)  # the engine accepts by (cost, slot)
         turn[np.argsort(self.cost[slots], kind="stable")] = self.applied + np.arange(len(slots))
@@ -715,6 +730,28 @@ class _Tracked:
         last = last[_starts(slot[last][::-1])[::-1]]  # each slot's last needed drop
         keep[slot[last]] = rank[last] + 1
         return np.bincount(slot, minlength=self.size), keep
+
+    @property
+    def undoable(self) -> bool:
+        """Whether :meth:`undo` can take drops back (the problem took a snapshot before each drop)."""
+        return self.snapshots is not None
+
+    def undo(self, keep: np.ndarray) -> None:
+        """Take back every drop of each slot after its first ``keep[slot]`` ones (:meth:`kept`): a slot's
+        drops change only its own units, so each unit a taken-back drop changed gets back the state of the
+        snapshot before the first of them. The problem then holds what a fresh one would after
+        :func:`sme_plugin.greedy.replay` of ``keep``; the crossbar record is no longer its."""
+        if not self.drops:
+            return
+        slot = np.concatenate([slots for slots, _ in self.drops])  # in the order applied
+        order = np.argsort(slot, kind="stable")
+        rank = np.empty(len(slot), dtype=np.int64)  # how many earlier drops each drop's slot made
+        rank[order] = np.arange(len(slot)) - np.searchsorted(slot[order], slot[order])
+        state = [np.concatenate(part) for part in zip(*self.snapshots)]
+        undone = np.flatnonzero(rank >= keep[slot])
+        _, first = np.unique(state[0][undone], return_index=True)  # each unit's first taken-back drop
+        self.problem.restore(undone[first], *(part[undone[first]] for part in state))
+        self.snapshots = self.drops = self.changes = None
 
 
 def damped(gram: np.ndarray, damping: float) -> np.ndarray:
@@ -810,9 +847,9 @@ class _OutputDrops:
         self._allowed = np.zeros((n_units, groups), dtype=bool)
         self._saved = np.zeros((n_units, groups), dtype=np.int64)
         self._dirty = np.ones(n_units, dtype=bool)
-        self._cost = np.full((n_units, groups), np.inf)  # each unit's drop costs at its last pricing
-        self._priced = np.zeros(n_units, dtype=bool)
+        self._cheapest = np.full(n_units, np.inf)  # each unit's cheapest drop at its last pricing
         self._factors: dict[int, np.ndarray] = {}
+        self.undoable = not compensate  # a refit changes units beyond the dropped one: no snapshot holds them
         for part in range(parts):
             self._update_columns(part, np.arange(m))
 
@@ -825,6 +862,11 @@ class _OutputDrops:
         s, rb = np.arange(n_sets)[:, None], np.arange(row_blocks)[None, :]
         units = ((s[None] * parts + part[:, None, None]) * row_blocks + rb[None]) * col_blocks + block[:, None, None]
         return units.reshape(len(slots), -1)
+
+    def changed(self, slots: np.ndarray) -> np.ndarray:
+        """(k, T) units applying each slot changes: the one it drops a group from, or with ``compensate``
+        all its units (:meth:`units_of`)."""
+        return self.units_of(slots) if self.compensate else self.best_unit[slots, None]
 
     def _where(self, units: np.ndarray) -> tuple[np.ndarray, ...]:
         """(set, part, row block, column block) of each unit, and its slots' (K, L) padded rows and columns."""
@@ -857,8 +899,8 @@ class _OutputDrops:
             units = self.units_of(chunk)  # (k, U)
             if units.shape[1] > REFRESH:  # price the changed units, then re-price the cheapest REFRESH exactly
                 flat = units.ravel()
-                self._price_cached(flat[self._dirty[flat] | ~self._priced[flat]])
-                best_units = np.argpartition(self._cost[units].min(axis=2), REFRESH - 1, axis=1)[:, :REFRESH]
+                self._price_cached(flat[self._dirty[flat]])
+                best_units = np.argpartition(self._cheapest[units], REFRESH - 1, axis=1)[:, :REFRESH]
                 units = np.take_along_axis(units, best_units, axis=1)
             unit_cost, unit_added = self._price_cached(units.ravel())
             unit_cost = unit_cost.reshape(len(chunk), -1)
@@ -875,7 +917,7 @@ class _OutputDrops:
         """:meth:`_price` of ``units``, remembered: a slot's other units keep the prices of their last
         pricing while its drops change the cross terms (they only rank the units to re-price)."""
         cost, added = self._price(units)
-        self._cost[units], self._priced[units] = cost, True
+        self._cheapest[units] = cost.min(axis=1)
         return cost, added
 
     def _candidates(self, units: np.ndarray) -> None:
@@ -945,14 +987,41 @@ class _OutputDrops:
         self.stale = slots
         return self._slot_error(slots) - before
 
+    def snapshot(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(units, their windows, (k, L) current values, (k, L) weights in their slots) that applying
+        ``slots`` changes, before it (without ``compensate``: the dropped units alone)."""
+        u, units = self.units, self.best_unit[slots]
+        _, part, _, _, rows, cols = self._where(units)
+        return units, u.window[units], u.current[units], self.w[part[:, None], rows, cols].astype(u.current.dtype)
+
+    def restore(self, taken: np.ndarray, units: np.ndarray, window: np.ndarray, current: np.ndarray,
+                w: np.ndarray) -> None:
+        """Put back the state of ``units`` (each at most once) :meth:`snapshot` took at ``taken`` (K,) (any
+        increasing count of drops), and update the errors of their columns. A weight two sign sets' units
+        share gets the value of the earlier snapshot (later drops of its slot are all taken back)."""
+        u = self.units
+        u.window[units], u.current[units] = window, current
+        _, part, _, _, rows, cols = self._where(units)
+        where = np.ravel_multi_index((np.broadcast_to(part[:, None], rows.shape), rows, cols), self.w.shape).ravel()
+        order = np.lexsort((np.repeat(taken, rows.shape[1]), where))  # by weight, then snapshot
+        first = order[_starts(where[order])]
+        np.put(self.w, where[first], w.ravel()[first])
+        self._dirty[units] = True
+        for p in np.unique(part):
+            columns = np.unique(cols[part == p])
+            self._update_columns(int(p), columns[columns < self.m])
+
     def _add_changes(self, units: np.ndarray, change: np.ndarray) -> None:
         """Update ``he`` and the column errors for (K, L) weight changes of ``units`` (at most one unit per
         column): each column's error grows by ``s^2 (2 d^T he[rows] + d^T H_bb d)`` and ``he`` by
-        ``H[:, rows] d``, in chunks of about ``8 * CHUNK`` values."""
+        ``H[:, rows] d``, over the non-zero changes only (a sparse product that reads one row of H per
+        changed weight), in chunks of about ``8 * CHUNK`` values of ``he``."""
         u = self.units
         r, c = u.seg_rows, u.seg_cols
+        parts, _, n_pad = self.he.shape
         _, part, rb, cb, _, _ = self._where(units)
-        step = max(1, (8 * CHUNK) // (self.he.shape[2] * c))
+        gram = self.gram_padded.reshape(parts * n_pad, n_pad)
+        step = max(1, (8 * CHUNK) // (n_pad * c))
         for start in range(0, len(units), step):
             p, block = part[start : start + step], rb[start : start + step]
             rows = block[:, None] * r + np.arange(r)  # (k, R)
@@ -961,7 +1030,10 @@ class _OutputDrops:
             before = self.he[p[:, None, None], cols[:, :, None], rows[:, None, :]]  # (k, C, R)
             quadratic = ((delta @ self.h_blocks[p, block]) * delta).sum(axis=2)
             self.column_error[p[:, None], cols] += self.scale2[p[:, None], cols] * (2 * (delta * before).sum(axis=2) + quadratic)
-            self.he[p[:, None], cols] += delta @ self.gram_padded[p[:, None], rows]  # (k, C, N)
+            unit, col, row = np.nonzero(delta)
+            product = scipy.sparse.csr_matrix((delta[unit, col, row], (unit * c + col, p[unit] * n_pad + rows[unit, row])),
+                                              shape=(len(p) * c, parts * n_pad)) @ gram
+            self.he[p[:, None], cols] += product.reshape(len(p), c, n_pad)  # (k, C, N)
 
     def _slot_error(self, slots: np.ndarray) -> float:
         part, block = np.divmod(slots, self.units.blocks[3])
@@ -1163,8 +1235,9 @@ class WindowOrchestrator:
     def _spend(self, indices: list[int], problem, norm, layouts: list[Layout]) -> list:
         """The greedy problems ``problem(index)`` of layers ``indices`` after spending ``budget**2 *
         norm(problems)`` on them (:func:`sme_plugin.greedy.spend`). With ``spend: crossbars`` the drops that
-        freed no crossbar are then undone: a layer that made some is built afresh and carries out only the
-        drops it keeps (:func:`sme_plugin.greedy.replay`)."""
+        freed no crossbar are then undone: in place where the problem took snapshots (:meth:`_Tracked.undo`),
+        else a layer that made some is built afresh and carries out only the drops it keeps
+        (:func:`sme_plugin.greedy.replay`)."""
         problems = [problem(i) for i in indices]
         allowance = self.params.budget**2 * norm(problems)
         if self.params.spend == "budget":
@@ -1177,6 +1250,9 @@ class WindowOrchestrator:
         for j, i in enumerate(indices):
             made, keep = tracked[j].kept()
             if (keep == made).all():
+                final.append(tracked[j].problem)
+            elif tracked[j].undoable:
+                tracked[j].undo(keep)
                 final.append(tracked[j].problem)
             else:
                 tracked[j] = None  # release this layer's state before building it again

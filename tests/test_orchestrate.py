@@ -669,3 +669,43 @@ def test_crossbars_mode_never_costs_a_crossbar(shape, bits, cell_bits, sign, pac
     kept = window(**params).orchestrate(layers, lays, grams=grams)
     (crossbars, errors), (fewer, least) = (crossbars_and_errors(layers, lays, o, grams) for o in (spent, kept))
     assert fewer == crossbars and sum(least) <= sum(errors) * (1 + 1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 40), st.integers(1, 11)),
+    bits=st.integers(3, 8),
+    cell_bits=st.integers(1, 2),
+    sign=st.sampled_from(SCHEMES),
+    packing=st.sampled_from(["tile", "column", "ou"]),
+    segment=st.sampled_from(["auto", "tile", "column", "ou"]),
+    error=st.sampled_from(["weight", "output"]),
+    budget=st.floats(0, 0.6),
+    seed=st.integers(0, 100),
+)
+def test_undo_in_place_equals_replay_on_a_fresh_problem(shape, bits, cell_bits, sign, packing, segment, error, budget,
+                                                        seed):
+    """Taking back the drops after each slot's kept ones (from the snapshots taken before each drop) leaves
+    the weights, windows and values a fresh problem has after replaying the kept ones."""
+    q = make_q(shape, bits, seed)
+    lay = layout(q, Geometry(rows=8, cols=3, ou_rows=2, cell_bits=cell_bits), sign=sign, packing=packing)
+    gram = random_gram(shape, seed)
+
+    def fresh():
+        units = orchestrate._Units.build(q, lay, segment)
+        return orchestrate._WindowDrops(units) if error == "weight" else \
+            orchestrate._OutputDrops(units, orchestrate.damped(gram, 0.1), compensate=False)
+
+    tracked = orchestrate._Tracked(fresh(), lay)
+    norm = np.square(q.dequantized()).sum() if error == "weight" else tracked.problem.norm
+    greedy.spend([tracked], budget**2 * norm)
+    made, keep = tracked.kept()
+    tracked.undo(keep)
+    replayed = fresh()
+    greedy.replay(replayed, keep)
+    undone = tracked.problem
+    np.testing.assert_array_equal(undone.units.current, replayed.units.current)
+    np.testing.assert_array_equal(undone.units.window, replayed.units.window)
+    if error == "output":
+        np.testing.assert_array_equal(undone.weights(), replayed.weights())
+        np.testing.assert_allclose(undone.column_error, replayed.column_error, rtol=1e-9, atol=1e-9 * norm)
