@@ -75,9 +75,8 @@ STUDIES = {
     "digits": Study("digits", {"name": "digits"}, FINETUNE_TRAIN),
     "fmnist_cnn": Study("fmnist_cnn", {"name": "fashion_mnist"}, FINETUNE_TRAIN),
     "mobilenet_v2_keras": Study("mobilenet_v2_keras", {"name": "photos"}, FINETUNE_DISTILL, DEEP_BUDGETS, (0.02,)),
-    # weight error: the output-error greedy (O(drops x rows) per column) takes > 7 min per point on its
-    # 21.8 M weights on one core, too slow for the 20-minute table
-    "inception_v3": Study("inception_v3", {"name": "photos"}, FINETUNE_DISTILL, DEEP_BUDGETS, (0.02,), "weight"),
+    # 2-3 min per output-error point on one core (21.8 M weights): the curve stops at 0.02 (44 % agreement)
+    "inception_v3": Study("inception_v3", {"name": "photos"}, FINETUNE_DISTILL, DEEP_BUDGETS[:-1], (0.01,)),
     "efficientnet_lite0": Study("efficientnet_lite0", {"name": "imagenet_samples"}, FINETUNE_DISTILL,
                                 (0.0, 0.01, 0.02, 0.05, 0.1, 0.2), (0.1,)),
     "resnet50": Study("resnet50", None, budgets=(0.0, 0.05, 0.1, 0.2)),
