@@ -323,10 +323,21 @@ def _in_processes(plan: Plan, progress: bool, jobs: int) -> dict[str, tuple[dict
     level = logging.getLogger("sme_plugin").getEffectiveLevel()
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # BLAS pools of the workers,
         os.environ.setdefault(name, str(threads))  # read when they import numpy: no oversubscribed cores
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup,
-                             initargs=(threads, level)) as pool:
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup,
+                               initargs=(threads, level))
+    try:
         futures = {name: pool.submit(_reproduce_model, plan, name) for name in plan.models}
         return {name: future.result() for name, future in futures.items()}
+    except BaseException:  # a failed model, Ctrl-C or SIGTERM: stop the models still running, now
+        stop = getattr(pool, "terminate_workers", None)  # Python >= 3.14; before, the executor's own processes
+        if stop is not None:
+            stop()
+        else:
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------------------------- output

@@ -2,6 +2,12 @@
 the rules that pick its operating point."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -118,8 +124,6 @@ def test_reproduce_usage_errors_are_one_line_and_write_nothing(tmp_path, capsys)
 
 
 def test_the_projects_readme_has_the_results_section():
-    from pathlib import Path
-
     readme = Path(__file__).resolve().parents[1] / "README.md"
     text = readme.read_text(encoding="utf-8")
     assert readme_with(text, "x\n", "README.md").count("x\n") >= 1
@@ -133,3 +137,46 @@ def test_models_reproduced_in_processes_match_one_process():
     for name in plan.models:
         for key in ("crossbars", "reductions", "curve", "accuracy"):
             assert parallel["models"][name].get(key) == serial["models"][name].get(key), (name, key)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="child processes read from /proc (Linux)")
+def test_sigterm_stops_the_models_running_in_processes(tmp_path):
+    """SIGTERM while models run in worker processes: one line, exit 143, the workers stopped at once (not
+    after their models finish), nothing written."""
+    out = tmp_path / "new" / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "sme_plugin.cli", "reproduce", "--models", "resnet50", "mobilenet_v2",
+                             "--jobs", "2", "--output", str(out), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def children():
+        found = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            except OSError:
+                continue
+            if fields.get("PPid", "").strip() == str(proc.pid):
+                found.append(int(status.parent.name))
+        return found
+
+    deadline = time.monotonic() + 60
+    while len(children()) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    workers = children()
+    assert len(workers) >= 2, proc.communicate()
+    time.sleep(3)  # the workers are building their models
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)  # the models take minutes: the workers must be stopped, not awaited
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "terminated" in err
+    assert not (tmp_path / "new").exists()
+    time.sleep(0.5)
+
+    def running(pid):  # neither gone nor a zombie
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    assert not [pid for pid in workers if running(pid)]
