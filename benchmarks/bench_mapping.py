@@ -1,7 +1,8 @@
 """Wall time and peak memory of each pipeline stage, with the crossbar counts it produces.
 
-Runs :func:`sme_plugin.pipeline.run` (``dataset: null``) for each model under orchestrator
-``none`` and ``window`` (budget mode) times each packing, every run in a fresh process so that
+Runs :func:`sme_plugin.pipeline.run` (``dataset: null``, or ``--dataset``) for each model under orchestrator
+``none`` and ``window`` (budget mode; ``--error output``: priced on the dataset's calibration inputs) times
+each packing, every run in a fresh process so that
 its peak RSS is its own. Stage times come from the report's ``timing_s``; the orchestrator's calls
 (one per layer under ``scope: layer``) are timed and split out of the stage they run in. The peak
 resident set size (MiB) of each stage comes from a thread sampling ``/proc/self/statm`` (Linux)
@@ -12,6 +13,7 @@ Also the shared helpers of the other benchmarks: :func:`positive`, :func:`limit_
 
     python benchmarks/bench_mapping.py [--models resnet50 mobilenet_v2] [--packings column ou]
                                        [--budget 0.10] [--squeeze-budget 0.02] [--threads 1] [--json]
+                                       [--dataset photos --error output [--damping 0.1]]
 """
 
 from __future__ import annotations
@@ -171,18 +173,26 @@ def main(argv=None) -> None:
     parser.add_argument("--budget", type=float, default=0.10, help="window orchestrator's relative weight-error budget")
     parser.add_argument("--squeeze-budget", type=float, default=0.0,
                         help="the sme squeezer's (tile-empty) relative weight-error budget")
+    parser.add_argument("--dataset", help="dataset section name (default: none; needed by --error output)")
+    parser.add_argument("--error", choices=["weight", "output"], default="weight",
+                        help="what the window orchestrator's budget bounds")
+    parser.add_argument("--damping", type=float, default=0.1, help="window damping with --error output")
     parser.add_argument("--threads", type=positive, default=1)
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     args = parser.parse_args(argv)
+    if args.error == "output" and args.dataset is None:
+        parser.error("--error output needs --dataset (the calibration inputs)")
 
-    window = {"name": "window", "mode": "budget", "budget": args.budget}
+    window = {"name": "window", "mode": "budget", "budget": args.budget, "error": args.error,
+              **({"damping": args.damping} if args.error == "output" else {})}
     orchestrators = {"none": {"name": "none"}, f"window {args.budget}": window}
     points = [
         {"model": model, "orchestrator": label, "packing": packing}
         for model in args.models for label in orchestrators for packing in args.packings
     ]
     configs = [
-        {"model": {"name": p["model"]}, "dataset": None, "orchestrator": orchestrators[p["orchestrator"]],
+        {"model": {"name": p["model"]}, "dataset": args.dataset and {"name": args.dataset},
+         "orchestrator": orchestrators[p["orchestrator"]],
          "mapper": {"name": "sme", "packing": p["packing"]}, "squeezer": {"name": "sme", "budget": args.squeeze_budget}}
         for p in points
     ]
@@ -193,11 +203,13 @@ def main(argv=None) -> None:
     stages, counts = [], []
     for p, r in zip(points, results):
         total = round(sum(r["seconds"].values()), 3)
-        stages.append({**p, **{f"{SHORT[s]} s": r["seconds"][s] for s in STAGES}, "total s": total,
+        stages.append({**p, **{f"{SHORT[s]} s": r["seconds"][s] for s in STAGES},
+                       **({"accuracy s": r["seconds"]["accuracy"]} if "accuracy" in r["seconds"] else {}), "total s": total,
                        **{f"{SHORT[s]} MiB": r["rss_mib"][s] for s in STAGES}, "max RSS MiB": r["max_rss_mib"]})
         counts.append({**p, **{k: v for k, v in r["totals"]["crossbars"].items() if k != "baseline"},
                        **{f"x {k[3:]}": v for k, v in r["totals"]["reductions"].items()},
-                       "weight error": r["totals"]["weight_error"], "total s": total})
+                       "weight error": r["totals"]["weight_error"],
+                       **({"SME accuracy %": r["accuracy"]["sme"]} if r["accuracy"].get("sme") is not None else {}), "total s": total})
     print_table(stages, f"stage wall time (s) and peak RSS (MiB), {args.threads} thread(s) per run")
     print_table(counts, "crossbars per mapping label and SME's reduction (x label = label crossbars / sme crossbars)")
 

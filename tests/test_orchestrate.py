@@ -18,6 +18,20 @@ SCHEMES = ["differential", "offset", "segment-offset"]
 SMALL = Geometry(rows=8, cols=4, ou_rows=4, cell_bits=1)
 
 
+def layer_cases(rows: int, cols: int, bits: tuple[int, int], cell_bits: int) -> dict:
+    """Hypothesis strategies of one layer and its mapping: shape (parts <= 2, rows, cols), weight bits,
+    cell bits, sign scheme, packing, window segment and weight seed."""
+    return {
+        "shape": st.tuples(st.integers(1, 2), st.integers(1, rows), st.integers(1, cols)),
+        "bits": st.integers(*bits),
+        "cell_bits": st.integers(1, cell_bits),
+        "sign": st.sampled_from(SCHEMES),
+        "packing": st.sampled_from(["tile", "column", "ou"]),
+        "segment": st.sampled_from(["auto", "tile", "column", "ou"]),
+        "seed": st.integers(0, 100),
+    }
+
+
 def make_q(shape=(2, 20, 6), bits=8, seed=0, density=0.8, exact=False):
     """A quantized layer with heavy-tailed integer weights; ``exact``: power-of-two scales."""
     rng = np.random.default_rng(seed)
@@ -369,16 +383,10 @@ def test_budget_greedy_matches_a_naive_reference(sign, packing, segment, cell_bi
 
 @settings(max_examples=60, deadline=None)
 @given(
-    shape=st.tuples(st.integers(1, 2), st.integers(1, 30), st.integers(1, 9)),
-    bits=st.integers(2, 10),
-    cell_bits=st.integers(1, 3),
-    sign=st.sampled_from(SCHEMES),
-    packing=st.sampled_from(["tile", "column", "ou"]),
-    segment=st.sampled_from(["auto", "tile", "column", "ou"]),
+    **layer_cases(rows=30, cols=9, bits=(2, 10), cell_bits=3),
     mode=st.sampled_from(["fixed", "budget"]),
     planes=st.integers(1, 4),
     budget=st.floats(0, 1),
-    seed=st.integers(0, 100),
 )
 def test_window_invariants(shape, bits, cell_bits, sign, packing, segment, mode, planes, budget, seed):
     q = make_q(shape, bits, seed)
@@ -565,14 +573,8 @@ def mapped_crossbars(q, lay):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    shape=st.tuples(st.integers(1, 2), st.integers(1, 30), st.integers(1, 11)),
-    bits=st.integers(2, 8),
-    cell_bits=st.integers(1, 3),
-    sign=st.sampled_from(SCHEMES),
-    packing=st.sampled_from(["tile", "column", "ou"]),
-    segment=st.sampled_from(["auto", "tile", "column", "ou"]),
+    **layer_cases(rows=30, cols=11, bits=(2, 8), cell_bits=3),
     budget=st.floats(0, 1),
-    seed=st.integers(0, 100),
 )
 def test_crossbar_count_follows_the_mapper_through_the_drops(shape, bits, cell_bits, sign, packing, segment, budget,
                                                              seed):
@@ -645,16 +647,10 @@ def test_crossbars_mode_spends_nothing_that_frees_no_crossbar(packing, error, sc
 
 @settings(max_examples=30, deadline=None)
 @given(
-    shape=st.tuples(st.integers(1, 2), st.integers(1, 40), st.integers(1, 11)),
-    bits=st.integers(3, 8),
-    cell_bits=st.integers(1, 2),
-    sign=st.sampled_from(SCHEMES),
-    packing=st.sampled_from(["tile", "column", "ou"]),
-    segment=st.sampled_from(["auto", "tile", "column", "ou"]),
+    **layer_cases(rows=40, cols=11, bits=(3, 8), cell_bits=2),
     error=st.sampled_from(["weight", "output", "compensated"]),
     scope=st.sampled_from(["layer", "model"]),
     budget=st.floats(0, 0.6),
-    seed=st.integers(0, 100),
 )
 def test_crossbars_mode_never_costs_a_crossbar(shape, bits, cell_bits, sign, packing, segment, error, scope, budget,
                                                seed):
@@ -673,15 +669,9 @@ def test_crossbars_mode_never_costs_a_crossbar(shape, bits, cell_bits, sign, pac
 
 @settings(max_examples=40, deadline=None)
 @given(
-    shape=st.tuples(st.integers(1, 2), st.integers(1, 40), st.integers(1, 11)),
-    bits=st.integers(3, 8),
-    cell_bits=st.integers(1, 2),
-    sign=st.sampled_from(SCHEMES),
-    packing=st.sampled_from(["tile", "column", "ou"]),
-    segment=st.sampled_from(["auto", "tile", "column", "ou"]),
+    **layer_cases(rows=40, cols=11, bits=(3, 8), cell_bits=2),
     error=st.sampled_from(["weight", "output"]),
     budget=st.floats(0, 0.6),
-    seed=st.integers(0, 100),
 )
 def test_undo_in_place_equals_replay_on_a_fresh_problem(shape, bits, cell_bits, sign, packing, segment, error, budget,
                                                         seed):
