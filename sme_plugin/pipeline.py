@@ -313,7 +313,7 @@ def output_errors(simulated: torch.nn.Module, reference: torch.nn.Module, names,
                   batch_size: int = 256) -> dict[str, float]:
     """Relative RMS error of each named layer's simulated output against the exact integer layer of
     ``reference`` fed the same input: ``||y - y_ref|| / ||y_ref - bias||`` over ``inputs`` (a tensor or
-    input batches; 0: exact)."""
+    input batches; exactly 0 only where every output is exact: 6 significant digits, not decimals)."""
     simulated_layers, reference_layers = dict(simulated.named_modules()), dict(reference.named_modules())
     totals = {name: [0.0, 0.0] for name in names}
 
@@ -327,7 +327,7 @@ def output_errors(simulated: torch.nn.Module, reference: torch.nn.Module, names,
         return record
 
     run_batches(simulated, inputs, batch_size, hooks={simulated_layers[name]: hook(name) for name in names})
-    return {name: round((error / norm) ** 0.5, 6) if norm else 0.0 for name, (error, norm) in totals.items()}
+    return {name: float(f"{(error / norm) ** 0.5:.6g}") if norm else 0.0 for name, (error, norm) in totals.items()}
 
 
 def finetune_layers(config: Config, model, layers: list[QuantizedLayer], layouts, dataset, bundle,

@@ -1,6 +1,8 @@
 """The whole pipeline on the digits model: ideal components reproduce the digital integer models exactly,
 noisy components cost accuracy, and every reported count comes from the placements."""
 
+import copy
+
 import pytest
 
 from sme_plugin.config import load_config
@@ -68,3 +70,19 @@ def test_finetuning_within_the_bit_patterns_keeps_the_golden_rule():
 def test_finetuning_without_usable_data_is_a_conflict(data, message):
     with pytest.raises(ConflictError, match=message):
         run_config(data)
+
+
+def test_a_tiny_output_error_is_not_rounded_away():
+    """One wrong unit in a large output is a small relative error, never a reported 0 (6 significant digits)."""
+    import torch
+
+    from sme_plugin.pipeline import output_errors
+
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Linear(64, 32)).double()
+    simulated = copy.deepcopy(reference)
+    with torch.no_grad():
+        simulated[0].bias[3] += 1e-8 * float(reference[0].weight.abs().sum())
+    errors = output_errors(simulated, reference, ["0"], torch.randn(256, 64, dtype=torch.float64))
+    assert 0 < errors["0"] < 5e-7  # round(x, 6) would report 0.0
+    assert output_errors(copy.deepcopy(reference), reference, ["0"], torch.randn(8, 64, dtype=torch.float64)) == {"0": 0.0}
