@@ -55,7 +55,7 @@ FINETUNE_DISTILL = {"method": "ste", "data": "distill", "epochs": 10, "lr": 1e-4
 
 
 #: error budgets of the curve: small nets tolerate large per-layer errors, deep ImageNet nets small ones.
-SMALL_BUDGETS, DEEP_BUDGETS = (0.0, 0.05, 0.1, 0.2, 0.3), (0.0, 0.005, 0.01, 0.02, 0.05)
+SMALL_BUDGETS, DEEP_BUDGETS = (0.0, 0.05, 0.1, 0.2, 0.3), (0.0, 0.002, 0.005, 0.01, 0.02, 0.05)
 
 
 @dataclass(frozen=True)
