@@ -305,7 +305,8 @@ def finetune(model: nn.Module, quantized: list[QuantizedLayer], layouts: list[La
     quantizer's). data: training batches (see :func:`_batches`); teacher: the float model distillation
     follows (default: a copy of ``model`` as given). The latent weights start from the orchestrated weights
     ``scale * w_int`` of ``quantized`` (``ste``/``admm``: zero epochs give back exactly those layers) or from
-    ``model``'s float weights (``l1*``). recipe: facts to record in the checkpoint (model, dataset, config hash). ``model`` is not changed.
+    ``model``'s float weights (``l1*``). recipe: facts to record in the checkpoint (model, dataset, config
+    hash). ``model`` is not changed.
     """
     if params.reuse and params.checkpoint and Path(params.checkpoint).exists():
         loaded = load_checkpoint(params.checkpoint, model, quantized)

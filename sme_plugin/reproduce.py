@@ -283,7 +283,7 @@ class Reproduction:
         started = time.perf_counter()
         plan = self.plan
         if jobs > 1 and len(plan.models) > 1:
-            results = _in_processes(plan, self.progress, min(jobs, len(plan.models)))
+            results = _in_processes(plan, min(jobs, len(plan.models)))
         else:
             results = {name: self.model(name) for name in plan.models}
         document = {
@@ -313,7 +313,7 @@ def _reproduce_model(plan: Plan, name: str) -> tuple[dict, dict]:
     return Reproduction(plan, build_registry(plugin_manager())).model(name)
 
 
-def _in_processes(plan: Plan, progress: bool, jobs: int) -> dict[str, tuple[dict, dict]]:
+def _in_processes(plan: Plan, jobs: int) -> dict[str, tuple[dict, dict]]:
     """model -> (entry, report), ``jobs`` models at a time in spawned processes."""
     import multiprocessing
     import os
