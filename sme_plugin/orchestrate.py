@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import scipy.sparse
 from pydantic import Field
 
 from .bitsets import TABLE_BITS, project_in_range, project_to_mask, project_to_set, values_with_k_bits
@@ -1016,6 +1015,8 @@ class _OutputDrops:
         column): each column's error grows by ``s^2 (2 d^T he[rows] + d^T H_bb d)`` and ``he`` by
         ``H[:, rows] d``, over the non-zero changes only (a sparse product that reads one row of H per
         changed weight), in chunks of about ``8 * CHUNK`` values of ``he``."""
+        import scipy.sparse  # here, not at import: ``sme validate`` imports the strategies and stays light
+
         u = self.units
         r, c = u.seg_rows, u.seg_cols
         parts, _, n_pad = self.he.shape

@@ -83,10 +83,10 @@ def test_validate_rejects_what_run_rejects(tmp_path, capsys, data, expected):
     assert code in (3, 4) and err.startswith(expected), err
 
 
-def test_validate_and_plugins_need_no_torch_plotting_or_sklearn():
+def test_validate_and_plugins_need_no_torch_plotting_sklearn_or_scipy():
     code = ("import sys; from sme_plugin.cli import main; assert main(['validate']) == 0; "
             "assert main(['plugins']) == 0; "
-            "print(sorted(m for m in ('matplotlib', 'sklearn', 'torch') if m in sys.modules))")
+            "print(sorted(m for m in ('matplotlib', 'scipy', 'sklearn', 'torch') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
