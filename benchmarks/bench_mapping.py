@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import resource
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
@@ -37,6 +35,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from sme_plugin.config import load_config  # noqa: E402
 from sme_plugin.pipeline import run  # noqa: E402
 from sme_plugin.plugins import build_registry, plugin_manager  # noqa: E402
+from sme_plugin.workers import spawned_pool  # noqa: E402
 
 STAGES = ("model", "quantize+layout", "orchestrate", "map+squeeze+costs")
 #: table headers of the stages: model build + layer extraction, quantize + layouts, orchestrate, map + squeeze + costs
@@ -161,8 +160,7 @@ def run_pipelines(configs: list[dict], threads: int, jobs: int = 1) -> list[dict
     registry = build_registry(plugin_manager())
     for config in configs:
         load_config(config, registry)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=1) as pool:
+    with spawned_pool(jobs, max_tasks_per_child=1) as pool:
         return list(pool.map(measured_run, configs, [threads] * len(configs)))
 
 

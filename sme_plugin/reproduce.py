@@ -315,29 +315,17 @@ def _reproduce_model(plan: Plan, name: str) -> tuple[dict, dict]:
 
 def _in_processes(plan: Plan, jobs: int) -> dict[str, tuple[dict, dict]]:
     """model -> (entry, report), ``jobs`` models at a time in spawned processes."""
-    import multiprocessing
     import os
-    from concurrent.futures import ProcessPoolExecutor
+
+    from .workers import spawned_pool
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     level = logging.getLogger("sme_plugin").getEffectiveLevel()
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # BLAS pools of the workers,
         os.environ.setdefault(name, str(threads))  # read when they import numpy: no oversubscribed cores
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup,
-                               initargs=(threads, level))
-    try:
+    with spawned_pool(jobs, initializer=_worker_setup, initargs=(threads, level)) as pool:
         futures = {name: pool.submit(_reproduce_model, plan, name) for name in plan.models}
         return {name: future.result() for name, future in futures.items()}
-    except BaseException:  # a failed model, Ctrl-C or SIGTERM: stop the models still running, now
-        stop = getattr(pool, "terminate_workers", None)  # Python >= 3.14; before, the executor's own processes
-        if stop is not None:
-            stop()
-        else:
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.terminate()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------------------------- output
